@@ -1,0 +1,451 @@
+"""Energy networks of the paper's Appendix C, each a Keras model with one scalar energy per pattern.
+
+Every network is called as ``energy_net(x, memory=weights)`` where ``weights`` maps the memory names of
+its writable layers (``network.memory_spec()``) to tensors. Output: ``[batch]`` energies.
+
+Readings of the appendix pseudocode (its evident typos are implemented by their evident intent):
+
+* ``concat(a, b) @ W`` is computed as ``a @ W_a + b @ W_b`` (identical maths). Terms that depend only on the
+  input ``x`` are computed once, outside the hop loop, and the state-dependent terms are skipped at the
+  first hop where the state is zero. This is the same function, computed with fewer flops.
+* C.2: ``state = u * c + (1 - u) * c`` is read as ``state = u * c + (1 - u) * state`` (the GRU-style update
+  of C.1 and C.3); ``Linear(input_size, dynamic_size)`` takes the encoder output (256 features).
+* C.3 / C.4: the energy head (``Linear(1024)``, ``tanh``, ``Linear(1)``) stands *after* the hop loop and
+  reads the flattened final hidden state; the residual ``x += z`` of ``resblock_bottleneck`` applies with
+  and without downscaling (the shortcut is only average-pooled when downscaling).
+* ``ResBlock(c, kernel=3, stride=s, downscale=...)`` (static, not given in the appendix):
+  ``tanh(LN(conv3x3(tanh(LN(conv3x3_s(x))))) + pool_s(conv1x1(x)))`` where ``pool_s`` is a 3x3 average pool
+  with stride ``s`` when ``s > 1``; the ``downscale`` flag is folded into the stride.
+* C.5: the second writable convolution of the memory block has stride 1 (``y += x`` needs equal shapes) and
+  ``nonlinear`` is ``tanh``.
+* LayerNorm normalises over all non-batch axes (see ``layers.LayerNorm``). No bias on the output layer
+  (a constant offset never receives a gradient: it changes neither grad_x E nor the write).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from ebmm_tf.layers import Conv, LayerNorm, Linear, WritableConv2D, WritableDense, WritableLayer
+
+__all__ = [
+    "EnergyNetwork",
+    "GatedRNNEnergy",
+    "ResNetFCEnergy",
+    "ResNetConvEnergy",
+    "ResNetLowerConvEnergy",
+    "ResBlock",
+    "imagenet_conv_energy",
+]
+
+
+class EnergyNetwork(keras.Model):
+    """Base class: ``call(x, memory) -> [batch]`` energies; ``memory_spec()`` names the writable tensors.
+
+    Subclasses create every weight in ``__init__`` (the pattern shape is a constructor argument), so a
+    network is fully built once constructed and its memory spec is static.
+    """
+
+    def __init__(self, pattern_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.pattern_shape = tuple(int(d) for d in pattern_shape)
+
+    def writable_layers(self) -> list[WritableLayer]:
+        """Writable layers sorted by name: the order of the learned per-layer write rates."""
+        layers = [layer for layer in self._flatten_layers(include_self=False) if isinstance(layer, WritableLayer)]
+        return sorted(layers, key=lambda layer: layer.name)
+
+    def memory_spec(self) -> dict[str, tuple[tuple[int, ...], int]]:
+        """``{memory name: (shape, fan_in)}`` over all writable layers, in layer order."""
+        spec = {}
+        for layer in self.writable_layers():
+            for name, shape in layer.memory_shapes().items():
+                if name in spec:
+                    raise ValueError(f"Duplicate memory name {name!r}: give writable layers unique names.")
+                spec[name] = (shape, layer.memory_fan_in())
+        return spec
+
+    def memory_size(self) -> int:
+        """Number of writable floats: the paper's "memory size"."""
+        return sum(math.prod(shape) for shape, _ in self.memory_spec().values())
+
+    def _check_input(self, x):
+        if tuple(x.shape[1:]) != self.pattern_shape:
+            raise ValueError(
+                f"{type(self).__name__} expects patterns of shape [batch, {', '.join(map(str, self.pattern_shape))}], "
+                f"got {list(x.shape)}")
+
+    def get_config(self):
+        config = super().get_config()
+        config["pattern_shape"] = list(self.pattern_shape)
+        return config
+
+
+def _gated_update(u, candidate, state):
+    return u * candidate + (1.0 - u) * state
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class GatedRNNEnergy(EnergyNetwork):
+    """C.1: gated RNN energy for binary strings (Table 1).
+
+    ``x [B, input_size]``; ``state_0 = 0``; for each of ``hops`` steps, with ``z = [x, state]``:
+    ``c = tanh([memory(x), static(z)])``, ``u = sigmoid(gate(z))``, ``state = u * c + (1 - u) * state``;
+    ``E = w . state`` (no bias). Memory: ``memory`` = ``Linear(input_size, dynamic_size)``, by default
+    ``dynamic_size = (input_size - 1) // 2`` = 63, i.e. 8,127 writable floats for 128-bit strings (within
+    the 8,256-float Hopfield budget).
+    """
+
+    def __init__(self, input_size=128, hidden_size=1024, hops=5, dynamic_size=None, **kwargs):
+        kwargs.setdefault("name", "gated_rnn_energy")
+        pattern_shape = kwargs.pop("pattern_shape", (input_size,))
+        super().__init__(pattern_shape=pattern_shape, **kwargs)
+        dynamic_size = (input_size - 1) // 2 if dynamic_size is None else int(dynamic_size)
+        if not 0 < dynamic_size < hidden_size:
+            raise ValueError(f"dynamic_size must be in (0, hidden_size={hidden_size}), got {dynamic_size}")
+        if hops < 1:
+            raise ValueError(f"hops must be >= 1, got {hops}")
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.hops, self.dynamic_size = int(hops), dynamic_size
+        static_size = hidden_size - dynamic_size
+        dt = self.dtype_policy
+        self.memory = WritableDense(input_size, 0, dynamic_size, name="memory", dtype=dt)
+        self.static_x = Linear(input_size, static_size, name="static_x", dtype=dt)
+        self.static_h = Linear(hidden_size, static_size, use_bias=False, name="static_h", dtype=dt)
+        self.gate_x = Linear(input_size, hidden_size, name="gate_x", dtype=dt)
+        self.gate_h = Linear(hidden_size, hidden_size, use_bias=False, name="gate_h", dtype=dt)
+        self.out = Linear(hidden_size, 1, use_bias=False, name="energy", dtype=dt)
+        self.built = True
+
+    def call(self, x, memory=None):
+        self._check_input(x)
+        dynamic = self.memory(x, memory)       # depends on x only: once, outside the hop loop
+        static_x = self.static_x(x)
+        gate_x = self.gate_x(x)
+        state = None
+        for _ in range(self.hops):
+            if state is None:                  # state_0 = 0: the state terms vanish
+                static, gate = static_x, gate_x
+                c = tf.tanh(tf.concat([dynamic, static], axis=-1))
+                state = tf.sigmoid(gate) * c
+            else:
+                static = static_x + self.static_h(state)
+                gate = gate_x + self.gate_h(state)
+                c = tf.tanh(tf.concat([dynamic, static], axis=-1))
+                state = _gated_update(tf.sigmoid(gate), c, state)
+        return tf.squeeze(self.out(state), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_size=self.input_size, hidden_size=self.hidden_size, hops=self.hops,
+                      dynamic_size=self.dynamic_size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class ResBlock(keras.layers.Layer):
+    """Static residual block: ``tanh(LN(conv3x3(tanh(LN(conv3x3_s(x))))) + pool_s(conv1x1(x)))``.
+
+    ``x [B, H, W, in_channels] -> [B, ceil(H/s), ceil(W/s), channels]``. The shortcut is average-pooled
+    (3x3, stride s) *before* the 1x1 convolution, which equals pooling after it (both are linear and the
+    pooling weights sum to one) at a fraction of the cost.
+    """
+
+    def __init__(self, in_channels, channels, stride=2, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels, self.channels, self.stride = int(in_channels), int(channels), int(stride)
+        dt = self.dtype_policy
+        self.conv1 = Conv(in_channels, channels, 3, stride, name="conv1", dtype=dt)
+        self.norm1 = LayerNorm(channels=channels, name="norm1", dtype=dt)
+        self.conv2 = Conv(channels, channels, 3, 1, name="conv2", dtype=dt)
+        self.norm2 = LayerNorm(channels=channels, name="norm2", dtype=dt)
+        self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
+        self.built = True
+
+    def call(self, x):
+        y = tf.tanh(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        if self.stride > 1:
+            x = tf.nn.avg_pool2d(x, 3, self.stride, "SAME")
+        return tf.tanh(y + self.shortcut(x))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_channels=self.in_channels, channels=self.channels, stride=self.stride)
+        return config
+
+
+def _conv_out(size, stride):
+    return -(-size // stride)
+
+
+class _ConvRecurrentHead(keras.layers.Layer):
+    """Gated convolutional recurrence over the final feature map, then the energy head (C.3 - C.5).
+
+    ``z = [x, h]``; ``candidate = tanh(LN(conv3x3(z)))``; ``u = sigmoid(LN(conv1x1(z)))``;
+    ``h = u * candidate + (1 - u) * h``, ``h_0 = 0``; ``E = w . tanh(Linear(1024)(flatten(h)))``.
+    The convolutions over ``z`` are split into an ``x`` part (computed once) and an ``h`` part.
+    """
+
+    def __init__(self, spatial, in_channels, hidden_size, hops, head_size, **kwargs):
+        super().__init__(**kwargs)
+        dt = self.dtype_policy
+        self.hops = hops
+        self.rec_x = Conv(in_channels, hidden_size, 3, 1, name="recurrent_x", dtype=dt)
+        self.rec_h = Conv(hidden_size, hidden_size, 3, 1, use_bias=False, name="recurrent_h", dtype=dt)
+        self.rec_norm = LayerNorm(channels=hidden_size, name="recurrent_norm", dtype=dt)
+        self.gate_x = Conv(in_channels, hidden_size, 1, 1, name="gate_x", dtype=dt)
+        self.gate_h = Conv(hidden_size, hidden_size, 1, 1, use_bias=False, name="gate_h", dtype=dt)
+        self.gate_norm = LayerNorm(channels=hidden_size, name="gate_norm", dtype=dt)
+        self.head = Linear(spatial[0] * spatial[1] * hidden_size, head_size, name="head", dtype=dt)
+        self.out = Linear(head_size, 1, use_bias=False, name="energy", dtype=dt)
+        self.built = True
+
+    def call(self, x):
+        rec_x, gate_x = self.rec_x(x), self.gate_x(x)
+        h = None
+        for _ in range(self.hops):
+            if h is None:
+                cand = tf.tanh(self.rec_norm(rec_x))
+                h = tf.sigmoid(self.gate_norm(gate_x)) * cand
+            else:
+                cand = tf.tanh(self.rec_norm(rec_x + self.rec_h(h)))
+                u = tf.sigmoid(self.gate_norm(gate_x + self.gate_h(h)))
+                h = _gated_update(u, cand, h)
+        flat = tf.reshape(h, [tf.shape(h)[0], -1])
+        return tf.squeeze(self.out(tf.tanh(self.head(flat))), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class ResNetFCEnergy(EnergyNetwork):
+    """C.2: ResNet encoder with fully-connected memory (Omniglot "FC" in Figure 3a).
+
+    ``x [B, 32, 32, C]`` -> 3 ResBlocks (channels, 2x, 3x; stride 2) -> flatten -> Linear(256) -> LayerNorm
+    -> ``tanh([memory(f), static(f)])`` (``memory = Linear(256, dynamic_size)``, static width
+    ``representation_size - dynamic_size``) -> 3 gated hops over ``state [B, hidden_size]`` with
+    ``c = LN(tanh(Linear(z)))`` -> ``E = w . tanh(Linear(1024)(state))``.
+    Memory: ``256 * dynamic_size + dynamic_size`` floats.
+    """
+
+    def __init__(self, pattern_shape=(32, 32, 1), channels=32, hidden_size=512, representation_size=512,
+                 dynamic_size=32, encoding_size=256, hops=3, head_size=1024, **kwargs):
+        kwargs.setdefault("name", "resnet_fc_energy")
+        super().__init__(pattern_shape=pattern_shape, **kwargs)
+        if not 0 < dynamic_size < representation_size:
+            raise ValueError(f"dynamic_size must be in (0, representation_size), got {dynamic_size}")
+        self.channels, self.hidden_size, self.representation_size = channels, hidden_size, representation_size
+        self.dynamic_size, self.encoding_size, self.hops, self.head_size = dynamic_size, encoding_size, hops, head_size
+        dt = self.dtype_policy
+        h, w, c = self.pattern_shape
+        self.blocks = []
+        in_ch = c
+        for i, mult in enumerate((1, 2, 3)):
+            self.blocks.append(ResBlock(in_ch, channels * mult, 2, name=f"encoder_block{i + 1}", dtype=dt))
+            in_ch, h, w = channels * mult, _conv_out(h, 2), _conv_out(w, 2)
+        self.encoder_linear = Linear(h * w * in_ch, encoding_size, name="encoder_linear", dtype=dt)
+        self.encoder_norm = LayerNorm(channels=encoding_size, name="encoder_norm", dtype=dt)
+        self.memory = WritableDense(encoding_size, representation_size - dynamic_size, dynamic_size,
+                                    name="memory", dtype=dt)
+        self.hidden_x = Linear(representation_size, hidden_size, name="hidden_x", dtype=dt)
+        self.hidden_h = Linear(hidden_size, hidden_size, use_bias=False, name="hidden_h", dtype=dt)
+        self.hidden_norm = LayerNorm(channels=hidden_size, name="hidden_norm", dtype=dt)
+        self.gate_x = Linear(representation_size, hidden_size, name="gate_x", dtype=dt)
+        self.gate_h = Linear(hidden_size, hidden_size, use_bias=False, name="gate_h", dtype=dt)
+        self.head = Linear(hidden_size, head_size, name="head", dtype=dt)
+        self.out = Linear(head_size, 1, use_bias=False, name="energy", dtype=dt)
+        self.built = True
+
+    def call(self, x, memory=None):
+        self._check_input(x)
+        for block in self.blocks:
+            x = block(x)
+        f = self.encoder_norm(self.encoder_linear(tf.reshape(x, [tf.shape(x)[0], -1])))
+        r = tf.tanh(self.memory(f, memory))    # [static | writable] channel order
+        hid_x, gate_x = self.hidden_x(r), self.gate_x(r)
+        state = None
+        for _ in range(self.hops):
+            if state is None:
+                c = self.hidden_norm(tf.tanh(hid_x))
+                state = tf.sigmoid(gate_x) * c
+            else:
+                c = self.hidden_norm(tf.tanh(hid_x + self.hidden_h(state)))
+                state = _gated_update(tf.sigmoid(gate_x + self.gate_h(state)), c, state)
+        return tf.squeeze(self.out(tf.tanh(self.head(state))), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels, hidden_size=self.hidden_size,
+                      representation_size=self.representation_size, dynamic_size=self.dynamic_size,
+                      encoding_size=self.encoding_size, hops=self.hops, head_size=self.head_size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class BottleneckMemoryBlock(keras.layers.Layer):
+    """C.3 ``resblock_bottleneck`` with a writable 3x3 convolution.
+
+    ``x -> tanh(LN(conv1x1(x, bottleneck)))`` -> ``[static conv3x3_s (channels - d) | memory conv3x3_s (d)]``
+    -> ``tanh(LN(.))`` + shortcut ``pool_s(conv1x1(x, channels))``. Memory: ``9 * bottleneck * d + d``.
+    """
+
+    def __init__(self, in_channels, channels, bottleneck_channels, dynamic_size, downscale, **kwargs):
+        super().__init__(**kwargs)
+        dt = self.dtype_policy
+        self.in_channels, self.channels, self.bottleneck_channels = in_channels, channels, bottleneck_channels
+        self.dynamic_size, self.downscale = dynamic_size, bool(downscale)
+        stride = 2 if downscale else 1
+        self.reduce = Conv(in_channels, bottleneck_channels, 1, 1, name="reduce", dtype=dt)
+        self.reduce_norm = LayerNorm(channels=bottleneck_channels, name="reduce_norm", dtype=dt)
+        self.memory = WritableConv2D(bottleneck_channels, channels - dynamic_size, dynamic_size, 3, stride,
+                                     name=f"{self.name}_memory", dtype=dt)
+        self.norm = LayerNorm(channels=channels, name="norm", dtype=dt)
+        self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
+        self.built = True
+
+    def call(self, x, memory=None):
+        y = tf.tanh(self.reduce_norm(self.reduce(x)))
+        y = tf.tanh(self.norm(self.memory(y, memory)))
+        if self.downscale:
+            x = tf.nn.avg_pool2d(x, 3, 2, "SAME")
+        return y + self.shortcut(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_channels=self.in_channels, channels=self.channels,
+                      bottleneck_channels=self.bottleneck_channels, dynamic_size=self.dynamic_size,
+                      downscale=self.downscale)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class ResNetConvEnergy(EnergyNetwork):
+    """C.3 (Omniglot / CIFAR-10, Figure 3) and C.4 (ImageNet 64x64, Figure 5): convolutional memory.
+
+    ``x [B, H, W, C]`` -> ResBlock(channels, s2) -> ResBlock(2 channels, s2) -> for each entry of
+    ``bottleneck_downscale`` a ``BottleneckMemoryBlock(4 channels, 2 channels, dynamic_size)`` -> gated
+    convolutional recurrence (``hidden_size``, ``hops``) -> energy head. C.3: 32x32 input,
+    ``bottleneck_downscale=(False, True)``, channels 32, hidden 128; C.4 (``imagenet_conv_energy``): 64x64
+    input, ``(True, True)``, channels 64, hidden 256. Memory: ``len(blocks) * (9 * 2 channels * d + d)``
+    (C.3, d = 8: 9,232 floats; C.4, d = 8: 18,448, the paper's "~18K").
+    """
+
+    def __init__(self, pattern_shape=(32, 32, 1), channels=32, hidden_size=128, dynamic_size=8,
+                 bottleneck_downscale=(False, True), hops=3, head_size=1024, **kwargs):
+        kwargs.setdefault("name", "resnet_conv_energy")
+        super().__init__(pattern_shape=pattern_shape, **kwargs)
+        if not 0 < dynamic_size < 4 * channels:
+            raise ValueError(f"dynamic_size must be in (0, 4 * channels = {4 * channels}), got {dynamic_size}")
+        self.channels, self.hidden_size, self.dynamic_size = channels, hidden_size, dynamic_size
+        self.bottleneck_downscale = tuple(bool(b) for b in bottleneck_downscale)
+        self.hops, self.head_size = hops, head_size
+        dt = self.dtype_policy
+        h, w, c = self.pattern_shape
+        self.block1 = ResBlock(c, channels, 2, name="block1", dtype=dt)
+        self.block2 = ResBlock(channels, 2 * channels, 2, name="block2", dtype=dt)
+        h, w = _conv_out(_conv_out(h, 2), 2), _conv_out(_conv_out(w, 2), 2)
+        self.memory_blocks = []
+        in_ch = 2 * channels
+        for i, down in enumerate(self.bottleneck_downscale):
+            self.memory_blocks.append(BottleneckMemoryBlock(
+                in_ch, 4 * channels, 2 * channels, dynamic_size, down, name=f"bottleneck{i + 1}", dtype=dt))
+            in_ch = 4 * channels
+            if down:
+                h, w = _conv_out(h, 2), _conv_out(w, 2)
+        self.recurrent = _ConvRecurrentHead((h, w), in_ch, hidden_size, hops, head_size, name="recurrent", dtype=dt)
+        self.built = True
+
+    def call(self, x, memory=None):
+        self._check_input(x)
+        x = self.block2(self.block1(x))
+        for block in self.memory_blocks:
+            x = block(x, memory)
+        return self.recurrent(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels, hidden_size=self.hidden_size, dynamic_size=self.dynamic_size,
+                      bottleneck_downscale=list(self.bottleneck_downscale), hops=self.hops, head_size=self.head_size)
+        return config
+
+
+def imagenet_conv_energy(pattern_shape=(64, 64, 3), channels=64, hidden_size=256, dynamic_size=8, **kwargs):
+    """C.4: the ImageNet 64x64 variant of ``ResNetConvEnergy`` (both bottleneck blocks downscale)."""
+    kwargs.setdefault("name", "imagenet_conv_energy")
+    return ResNetConvEnergy(pattern_shape=pattern_shape, channels=channels, hidden_size=hidden_size,
+                            dynamic_size=dynamic_size, bottleneck_downscale=(True, True), **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class LowerMemoryBlock(keras.layers.Layer):
+    """C.5 ``resblock`` with writable convolutions in the second residual block.
+
+    ``y1 = tanh(LN([static | memory] conv3x3_s2(x)))``; ``y2 = tanh(LN([static | memory] conv3x3(y1) + y1))``;
+    ``out = y1 + y2 + pool_2(conv1x1(x))``. Memory: ``(9 in d + d) + (9 channels d + d)``.
+    """
+
+    def __init__(self, in_channels, channels, dynamic_size, **kwargs):
+        super().__init__(**kwargs)
+        dt = self.dtype_policy
+        self.in_channels, self.channels, self.dynamic_size = in_channels, channels, dynamic_size
+        self.memory1 = WritableConv2D(in_channels, channels - dynamic_size, dynamic_size, 3, 2,
+                                      name=f"{self.name}_memory1", dtype=dt)
+        self.norm1 = LayerNorm(channels=channels, name="norm1", dtype=dt)
+        self.memory2 = WritableConv2D(channels, channels - dynamic_size, dynamic_size, 3, 1,
+                                      name=f"{self.name}_memory2", dtype=dt)
+        self.norm2 = LayerNorm(channels=channels, name="norm2", dtype=dt)
+        self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
+        self.built = True
+
+    def call(self, x, memory=None):
+        y1 = tf.tanh(self.norm1(self.memory1(x, memory)))
+        y2 = tf.tanh(self.norm2(self.memory2(y1, memory) + y1))
+        return y1 + y2 + self.shortcut(tf.nn.avg_pool2d(x, 3, 2, "SAME"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_channels=self.in_channels, channels=self.channels, dynamic_size=self.dynamic_size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class ResNetLowerConvEnergy(EnergyNetwork):
+    """C.5: convolutional memory in the second residual block (correlated batches, Table 3).
+
+    ``x [B, 32, 32, C]`` -> ResBlock(channels, s2) -> LowerMemoryBlock(2 channels, d) ->
+    ResBlock(4 channels, s2) -> gated recurrence (hidden 256) -> energy head.
+    Memory: ``9 channels d + d + 18 channels d + d`` (channels 32: d = 5 -> 4,330 floats, d = 6 -> 5,196,
+    the paper's "4K" and "5K").
+    """
+
+    def __init__(self, pattern_shape=(32, 32, 1), channels=32, hidden_size=256, dynamic_size=8, hops=3,
+                 head_size=1024, **kwargs):
+        kwargs.setdefault("name", "resnet_lower_conv_energy")
+        super().__init__(pattern_shape=pattern_shape, **kwargs)
+        if not 0 < dynamic_size < 2 * channels:
+            raise ValueError(f"dynamic_size must be in (0, 2 * channels = {2 * channels}), got {dynamic_size}")
+        self.channels, self.hidden_size, self.dynamic_size = channels, hidden_size, dynamic_size
+        self.hops, self.head_size = hops, head_size
+        dt = self.dtype_policy
+        h, w, c = self.pattern_shape
+        self.block1 = ResBlock(c, channels, 2, name="block1", dtype=dt)
+        self.memory_block = LowerMemoryBlock(channels, 2 * channels, dynamic_size, name="block2", dtype=dt)
+        self.block3 = ResBlock(2 * channels, 4 * channels, 2, name="block3", dtype=dt)
+        for _ in range(3):
+            h, w = _conv_out(h, 2), _conv_out(w, 2)
+        self.recurrent = _ConvRecurrentHead((h, w), 4 * channels, hidden_size, hops, head_size,
+                                            name="recurrent", dtype=dt)
+        self.built = True
+
+    def call(self, x, memory=None):
+        self._check_input(x)
+        x = self.block3(self.memory_block(self.block1(x), memory))
+        return self.recurrent(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels, hidden_size=self.hidden_size, dynamic_size=self.dynamic_size,
+                      hops=self.hops, head_size=self.head_size)
+        return config

@@ -1,0 +1,274 @@
+"""Building blocks of the energy networks: writable layers and a LayerNorm with exact higher-order gradients.
+
+Writable layers split their output channels into a *static* part (ordinary Keras variables, learned by
+meta-training) and a *writable* part whose weights arrive as an explicit argument:
+``layer(x, memory)`` where ``memory`` maps the layer's memory names to tensors. This is the functional
+form of Appendix C's ``memory = Linear(...)`` / ``memory_part = Conv2D(dynamic_size, ...)``: the write rule
+(eq. 4) produces new writable tensors and never assigns variables inside the differentiated loops.
+
+Both parts are computed with a single matmul / convolution over the concatenated kernel
+``[static | writable]`` (output channels in that order), which is mathematically identical to the paper's
+``concat([static_part, memory_part], -1)`` and costs one kernel launch instead of two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+__all__ = [
+    "Linear",
+    "Conv",
+    "LayerNorm",
+    "WritableLayer",
+    "WritableDense",
+    "WritableConv2D",
+    "he_normal",
+]
+
+
+def he_normal(seed=None):
+    """He et al. (2015) initialisation, used for every kernel (paper, Appendix A)."""
+    return keras.initializers.HeNormal(seed=seed)
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class Linear(keras.layers.Layer):
+    """Static fully-connected layer ``x [B, in_features] -> [B, units]``, weights created eagerly.
+
+    Keras' Dense builds lazily; creating the weights at construction keeps every energy network fully
+    built after ``__init__`` (so ``.keras`` files load without a dummy call) and its memory spec static.
+    """
+
+    def __init__(self, in_features, units, use_bias=True, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.in_features, self.units, self.use_bias, self.seed = int(in_features), int(units), bool(use_bias), seed
+        self.kernel = self.add_weight(name="kernel", shape=(self.in_features, self.units),
+                                      initializer=he_normal(seed))
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros") if use_bias else None
+        self.built = True
+
+    def call(self, x):
+        y = tf.matmul(x, self.kernel)
+        return y + self.bias if self.use_bias else y
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_features=self.in_features, units=self.units, use_bias=self.use_bias, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class Conv(keras.layers.Layer):
+    """Static 2-D convolution, NHWC, 'SAME' padding, weights created eagerly (see ``Linear``)."""
+
+    def __init__(self, in_channels, filters, kernel_size=3, strides=1, use_bias=True, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels, self.filters = int(in_channels), int(filters)
+        self.kernel_size, self.strides, self.use_bias, self.seed = int(kernel_size), int(strides), bool(use_bias), seed
+        k = self.kernel_size
+        self.kernel = self.add_weight(name="kernel", shape=(k, k, self.in_channels, self.filters),
+                                      initializer=he_normal(seed))
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if use_bias else None
+        self.built = True
+
+    def call(self, x):
+        y = tf.nn.conv2d(x, self.kernel, strides=self.strides, padding="SAME")
+        return y + self.bias if self.use_bias else y
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_channels=self.in_channels, filters=self.filters, kernel_size=self.kernel_size,
+                      strides=self.strides, use_bias=self.use_bias, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class LayerNorm(keras.layers.Layer):
+    """Layer normalisation whose mean and variance are computed directly.
+
+    ``y = (x - mean(x)) / sqrt(var(x) + eps) * scale + offset``, statistics over ``axes`` (default: every
+    non-batch axis, as Sonnet 1's LayerNorm that the paper used), ``scale`` / ``offset`` per channel (last axis).
+
+    Why not ``keras.layers.LayerNormalization``: it calls ``tf.nn.moments``, whose gradient registration
+    stops the gradient through the mean, so the second- and third-order derivatives that meta-training
+    needs (gradient of a gradient of the energy) come out wrong (DESIGN.md measured a 0.25 relative error of
+    the meta-gradient). ``tests/test_layers.py`` checks this layer's higher-order gradients against finite
+    differences and documents Keras' error.
+    """
+
+    def __init__(self, axes=None, epsilon=1e-5, channels=None, **kwargs):
+        super().__init__(**kwargs)
+        self.axes = None if axes is None else tuple(int(a) for a in axes)
+        self.epsilon = float(epsilon)
+        self.channels = channels
+        if channels is not None:
+            self._create(channels)
+
+    def _create(self, channels):
+        self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones")
+        self.offset = self.add_weight(name="offset", shape=(channels,), initializer="zeros")
+        self.channels = int(channels)
+        self.built = True
+
+    def build(self, input_shape):
+        if self.channels is None:
+            self._create(int(input_shape[-1]))
+
+    def call(self, x):
+        axes = self.axes if self.axes is not None else tuple(range(1, len(x.shape)))
+        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+        centred = x - mean
+        var = tf.reduce_mean(tf.square(centred), axis=axes, keepdims=True)
+        return centred * tf.math.rsqrt(var + self.epsilon) * self.scale + self.offset
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axes=self.axes, epsilon=self.epsilon, channels=self.channels)
+        return config
+
+
+class WritableLayer(keras.layers.Layer):
+    """Base class of layers with a writable part. Subclasses define ``memory_shapes``.
+
+    The memory names of a layer are ``f"{layer.name}/kernel"`` and ``f"{layer.name}/bias"``; an energy
+    network's memory is the union over its writable layers (see ``EnergyNetwork.memory_spec``).
+    """
+
+    def memory_shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def memory_fan_in(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def memory_names(self) -> list[str]:
+        return list(self.memory_shapes())
+
+    def memory_size(self) -> int:
+        return sum(math.prod(s) for s in self.memory_shapes().values())
+
+    def _memory(self, memory):
+        if memory is None:
+            raise ValueError(f"Writable layer {self.name!r} needs its memory tensors ({self.memory_names}).")
+        try:
+            return [memory[n] for n in self.memory_names]
+        except KeyError as err:
+            raise KeyError(
+                f"Memory for writable layer {self.name!r} is missing {err}; got keys {sorted(memory)}."
+            ) from None
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class WritableDense(WritableLayer):
+    """Fully-connected layer with ``static_units`` static and ``writable_units`` writable outputs.
+
+    ``y = x @ [K_static | K_mem] + [b_static | b_mem]``, shapes: ``x [B, in_features]`` -> ``y [B, static +
+    writable]``. Memory: ``kernel [in_features, writable_units]`` and ``bias [writable_units]``
+    (``in_features * writable_units + writable_units`` floats; C.1's ``Linear(128, 63)`` holds 8,127).
+    ``static_units = 0`` gives a purely writable layer.
+    """
+
+    def __init__(self, in_features, static_units, writable_units, use_bias=True, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if writable_units < 1:
+            raise ValueError(f"writable_units must be >= 1, got {writable_units}")
+        if static_units < 0:
+            raise ValueError(f"static_units must be >= 0, got {static_units}")
+        self.in_features = int(in_features)
+        self.static_units = int(static_units)
+        self.writable_units = int(writable_units)
+        self.use_bias = bool(use_bias)
+        self.seed = seed
+        if self.static_units:
+            self.kernel = self.add_weight(
+                name="kernel", shape=(self.in_features, self.static_units), initializer=he_normal(seed)
+            )
+            self.bias = self.add_weight(name="bias", shape=(self.static_units,), initializer="zeros")
+        self.built = True
+
+    def memory_shapes(self):
+        shapes = {f"{self.name}/kernel": (self.in_features, self.writable_units)}
+        if self.use_bias:
+            shapes[f"{self.name}/bias"] = (self.writable_units,)
+        return shapes
+
+    def memory_fan_in(self):
+        return self.in_features
+
+    def call(self, x, memory=None):
+        parts = self._memory(memory)
+        kernel, bias = parts[0], (parts[1] if self.use_bias else None)
+        if self.static_units:
+            kernel = tf.concat([self.kernel, kernel], axis=-1)
+            bias = tf.concat([self.bias, bias], axis=-1) if bias is not None else tf.pad(
+                self.bias, [[0, self.writable_units]])
+        y = tf.matmul(x, kernel)
+        return y + bias if bias is not None else y
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_features=self.in_features, static_units=self.static_units,
+                      writable_units=self.writable_units, use_bias=self.use_bias, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class WritableConv2D(WritableLayer):
+    """2-D convolution (NHWC, 'SAME' padding) with ``static_filters`` static and ``writable_filters``
+    writable output channels: C.3's ``Conv2D(static_size)`` and ``memory_part = Conv2D(dynamic_size)``.
+
+    Shapes: ``x [B, H, W, in_channels]`` -> ``[B, ceil(H/stride), ceil(W/stride), static + writable]``.
+    Memory: ``kernel [k, k, in_channels, writable_filters]`` and ``bias [writable_filters]``.
+    """
+
+    def __init__(self, in_channels, static_filters, writable_filters, kernel_size=3, strides=1,
+                 use_bias=True, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if writable_filters < 1:
+            raise ValueError(f"writable_filters must be >= 1, got {writable_filters}")
+        if static_filters < 0:
+            raise ValueError(f"static_filters must be >= 0, got {static_filters}")
+        self.in_channels = int(in_channels)
+        self.static_filters = int(static_filters)
+        self.writable_filters = int(writable_filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.use_bias = bool(use_bias)
+        self.seed = seed
+        k = self.kernel_size
+        if self.static_filters:
+            self.kernel = self.add_weight(
+                name="kernel", shape=(k, k, self.in_channels, self.static_filters), initializer=he_normal(seed)
+            )
+            self.bias = self.add_weight(name="bias", shape=(self.static_filters,), initializer="zeros")
+        self.built = True
+
+    def memory_shapes(self):
+        k = self.kernel_size
+        shapes = {f"{self.name}/kernel": (k, k, self.in_channels, self.writable_filters)}
+        if self.use_bias:
+            shapes[f"{self.name}/bias"] = (self.writable_filters,)
+        return shapes
+
+    def memory_fan_in(self):
+        return self.kernel_size * self.kernel_size * self.in_channels
+
+    def call(self, x, memory=None):
+        parts = self._memory(memory)
+        kernel, bias = parts[0], (parts[1] if self.use_bias else None)
+        if self.static_filters:
+            kernel = tf.concat([self.kernel, kernel], axis=-1)
+            bias = tf.concat([self.bias, bias], axis=-1) if bias is not None else tf.pad(
+                self.bias, [[0, self.writable_filters]])
+        y = tf.nn.conv2d(x, kernel, strides=self.strides, padding="SAME")
+        return y + bias if bias is not None else y
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_channels=self.in_channels, static_filters=self.static_filters,
+                      writable_filters=self.writable_filters, kernel_size=self.kernel_size,
+                      strides=self.strides, use_bias=self.use_bias, seed=self.seed)
+        return config

@@ -1,0 +1,310 @@
+"""EnergyMemory: the meta-learned write rule (eq. 3-4) and read rule (eq. 1, Appendix B) of EBMM.
+
+A written memory is a ``MemoryState``: the writable weights of the energy network for one batch of
+patterns ("episode"). ``write`` produces it from the meta-learned initialisation ``theta_bar`` with T
+truncated gradient steps; ``read`` retrieves patterns from queries with K steps of projected gradient
+descent with Nesterov momentum on the energy. Both are pure functions of their tensor arguments (nothing
+is assigned inside the loops), so they can be differentiated end to end for meta-training (eq. 5).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ebmm_tf.energies import EnergyNetwork
+
+__all__ = ["EnergyMemory", "MemoryState", "inverse_softplus", "logit"]
+
+
+class MemoryState(NamedTuple):
+    """The writable tensors of one written episode.
+
+    Attributes:
+      weights: ``{memory name: tensor}`` with the shapes of ``energy.memory_spec()`` (no batch axis: one
+        memory holds one episode of N patterns). The same structure is what the exported ``write``
+        signature returns and what ``recall`` / ``energy`` take.
+    """
+
+    weights: dict
+
+    def memory_size(self) -> int:
+        return int(sum(math.prod(w.shape) for w in self.weights.values()))
+
+
+def inverse_softplus(y: float) -> float:
+    """``x`` such that ``softplus(x) = y`` (y > 0)."""
+    if y <= 0:
+        raise ValueError(f"softplus values must be positive, got {y}")
+    return float(y + np.log(-np.expm1(-y)))
+
+
+def logit(p: float) -> float:
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"a sigmoid value must be in (0, 1), got {p}")
+    return float(np.log(p) - np.log1p(-p))
+
+
+_WRITE_TERMS = ("energy", "gradient", "prior")
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class EnergyMemory(keras.Model):
+    """Associative memory over an energy network ``E(x; theta)`` whose writable weights are the memory.
+
+    Write (eq. 3-4): ``theta_0 = theta_bar``;
+    ``theta_{t+1} = theta_t - sum_terms eta[t, layer, term] * grad_theta term`` for ``t < T`` with the terms of
+    the writing loss ``W = mean_i E(x_i) + alpha * mean_i ||grad_x E(x_i)||^2 + beta * ||theta - theta_bar||^2``.
+    ``eta = softplus(.)`` is one learned rate per write step, writable layer and loss term (Appendix D,
+    initialised at ``write_rate_init``, 1e-4 in the paper); ``alpha``, ``beta`` are learned (softplus).
+
+    Read (eq. 1, B.1-B.3): ``x_0 = proj(query)``, ``v_0 = 0``, for ``k = 1..K``:
+    ``x_hat = proj(x_{k-1} + psi_k v_{k-1})``, ``v_k = psi_k v_{k-1} - gamma_k grad_x E(x_hat)``,
+    ``x_k = proj(x_{k-1} + v_k)``. B.2 prints ``x_k = project(v_k)``; we read it as the standard Nesterov
+    update above. ``proj`` clips to ``data_range``. Step sizes are non-increasing:
+    ``gamma_1 = softplus(.)``, ``gamma_k = gamma_{k-1} sigmoid(eta_k)``; momenta alike with
+    ``psi_1 = sigmoid(.)``. With a clamp ``mask`` (1 = known dimension), clamped dimensions keep the query's
+    value at every iterate (binary-string protocol, A.2).
+
+    Meta-loss (B.4): ``sum_k mean_i ||x_i - x_i^(k)||^2``, see ``reconstruction_loss``.
+
+    Args:
+      energy: an ``EnergyNetwork``.
+      write_steps, read_steps: T and K (5 and 5 in the paper).
+      data_range: ``(lo, hi)`` of the patterns; the read projection clips to it.
+      write_rate_init: initial value of every write rate (paper: 1e-4).
+      per_step_write_rates: one rate per write step (eq. 4's ``eta^(t)``) or one shared by all steps.
+      alpha_init, beta_init: initial weights of the gradient and prior terms of the writing loss.
+      read_step_init: initial ``gamma_1``; read_step_decay_init: initial ``sigmoid(eta_k)``, k > 1.
+      momentum_init: initial ``psi_1``; momentum_decay_init: initial ``sigmoid`` of the momentum logits.
+      first_order: stop gradients through the write steps' inner gradients (cheaper meta-gradient; the
+        learned rates and theta_bar still get gradients through the update's linear path).
+    """
+
+    def __init__(self, energy: EnergyNetwork, write_steps=5, read_steps=5, data_range=(0.0, 1.0),
+                 write_rate_init=1e-4, per_step_write_rates=True, alpha_init=1.0, beta_init=1.0,
+                 read_step_init=1.0, read_step_decay_init=0.9, momentum_init=0.5, momentum_decay_init=0.9,
+                 first_order=False, **kwargs):
+        kwargs.setdefault("name", "energy_memory")
+        super().__init__(**kwargs)
+        if not isinstance(energy, EnergyNetwork):
+            raise TypeError(f"energy must be an ebmm_tf EnergyNetwork, got {type(energy).__name__}")
+        if write_steps < 1 or read_steps < 1:
+            raise ValueError(f"need write_steps >= 1 and read_steps >= 1, got {write_steps}, {read_steps}")
+        lo, hi = (float(v) for v in data_range)
+        if not lo < hi:
+            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
+        self.energy_net = energy
+        self.write_steps, self.read_steps = int(write_steps), int(read_steps)
+        self.data_range = (lo, hi)
+        self.first_order = bool(first_order)
+        self._init = dict(write_rate_init=write_rate_init, per_step_write_rates=bool(per_step_write_rates),
+                          alpha_init=alpha_init, beta_init=beta_init, read_step_init=read_step_init,
+                          read_step_decay_init=read_step_decay_init, momentum_init=momentum_init,
+                          momentum_decay_init=momentum_decay_init)
+
+        spec = energy.memory_spec()
+        if not spec:
+            raise ValueError(f"{energy.name} has no writable layers")
+        self.memory_names = list(spec)
+        layers = energy.writable_layers()
+        layer_index = {n: i for i, layer in enumerate(layers) for n in layer.memory_names}
+        self._layer_of = [layer_index[n] for n in self.memory_names]
+        self.theta_bar = []
+        for name, (shape, fan_in) in spec.items():
+            init = (keras.initializers.HeNormal() if len(shape) > 1 else keras.initializers.Zeros())
+            self.theta_bar.append(self.add_weight(
+                name="theta_bar_" + name.replace("/", "_"), shape=shape, initializer=init))
+
+        const = keras.initializers.Constant
+        rate_rows = self.write_steps if per_step_write_rates else 1
+        self.write_rates_raw = self.add_weight(
+            name="write_rates", shape=(max(rate_rows, 1), len(layers), len(_WRITE_TERMS)),
+            initializer=const(inverse_softplus(write_rate_init)))
+        self.alpha_raw = self.add_weight(name="alpha", shape=(), initializer=const(inverse_softplus(alpha_init)))
+        self.beta_raw = self.add_weight(name="beta", shape=(), initializer=const(inverse_softplus(beta_init)))
+        self.read_step_raw = self.add_weight(name="read_step", shape=(),
+                                             initializer=const(inverse_softplus(read_step_init)))
+        self.read_step_logits = self.add_weight(name="read_step_logits", shape=(self.read_steps - 1,),
+                                                initializer=const(logit(read_step_decay_init)))
+        self.momentum_raw = self.add_weight(name="momentum", shape=(), initializer=const(logit(momentum_init)))
+        self.momentum_logits = self.add_weight(name="momentum_logits", shape=(self.read_steps - 1,),
+                                               initializer=const(logit(momentum_decay_init)))
+        self.built = True
+
+    # ------------------------------------------------------------------ learned schedules
+    def write_rates(self):
+        """``[T (or 1), num_writable_layers, 3]`` rates for the (energy, gradient, prior) terms."""
+        return tf.nn.softplus(self.write_rates_raw)
+
+    def alpha(self):
+        return tf.nn.softplus(self.alpha_raw)
+
+    def beta(self):
+        return tf.nn.softplus(self.beta_raw)
+
+    def read_steps_schedule(self):
+        """``gamma [K]``, non-increasing: ``gamma_k = gamma_{k-1} * sigmoid(eta_k)``."""
+        first = tf.nn.softplus(self.read_step_raw)[None]
+        return first * tf.math.cumprod(tf.concat([tf.ones_like(first), tf.sigmoid(self.read_step_logits)], 0))
+
+    def momentum_schedule(self):
+        """``psi [K]``, non-increasing, in (0, 1)."""
+        first = tf.sigmoid(self.momentum_raw)[None]
+        return first * tf.math.cumprod(tf.concat([tf.ones_like(first), tf.sigmoid(self.momentum_logits)], 0))
+
+    def memory_size(self) -> int:
+        """Writable floats per memory (the paper's memory size)."""
+        return self.energy_net.memory_size()
+
+    # ------------------------------------------------------------------ energy
+    def _cast(self, x, name):
+        x = tf.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            raise TypeError(f"{name} must be a floating tensor, got {x.dtype.name}")
+        return tf.cast(x, self.compute_dtype)
+
+    def energy(self, state: MemoryState, x):
+        """``E(x; state) [batch]`` for patterns ``x [batch, *pattern_shape]``."""
+        return self.energy_net(self._cast(x, "x"), memory=state.weights)
+
+    def _energy_grad_x(self, weights, x):
+        """``(E [B], grad_x sum_i E_i [B, ...])`` with a fresh watched copy of ``x``."""
+        with tf.GradientTape() as tape:
+            x = tf.identity(x)  # a fresh tensor per call: see DESIGN.md on reusing watched inputs
+            tape.watch(x)
+            e = self.energy_net(x, memory=weights)
+            total = tf.reduce_sum(e)
+        return e, tape.gradient(total, x)
+
+    # ------------------------------------------------------------------ write (eq. 3-4)
+    def initial_state(self) -> MemoryState:
+        """The empty memory ``theta_bar``."""
+        return MemoryState({n: tf.identity(v) for n, v in zip(self.memory_names, self.theta_bar)})
+
+    def write(self, patterns, first_order=None) -> MemoryState:
+        """Writes ``patterns [N, *pattern_shape]`` with T steps of eq. (4); returns the ``MemoryState``."""
+        first_order = self.first_order if first_order is None else first_order
+        x = self._cast(patterns, "patterns")
+        self._check_patterns(x, "patterns")
+        theta_bar = [tf.convert_to_tensor(v) for v in self.theta_bar]
+        theta = list(theta_bar)
+        n = tf.cast(tf.shape(x)[0], x.dtype)
+        rates = self.write_rates()
+        alpha, beta = self.alpha(), self.beta()
+        for t in range(self.write_steps):
+            grad_energy, grad_gradnorm = self._write_gradients(x, theta, n)
+            if first_order:
+                grad_energy = [tf.stop_gradient(g) for g in grad_energy]
+                grad_gradnorm = [tf.stop_gradient(g) for g in grad_gradnorm]
+            r = rates[min(t, rates.shape[0] - 1)]
+            new_theta = []
+            for j, (th, th0, g_e, g_g) in enumerate(zip(theta, theta_bar, grad_energy, grad_gradnorm)):
+                layer = self._layer_of[j]
+                # grad_theta of beta ||theta - theta_bar||^2 is 2 beta (theta - theta_bar): exact, no tape needed
+                step = r[layer, 0] * g_e + (r[layer, 1] * alpha) * g_g + (r[layer, 2] * 2.0 * beta) * (th - th0)
+                new_theta.append(th - step)
+            theta = new_theta
+        return MemoryState(dict(zip(self.memory_names, theta)))
+
+    def _write_gradients(self, x, theta, n):
+        """Gradients w.r.t. ``theta`` of ``mean_i E(x_i)`` and ``mean_i ||grad_x E(x_i)||^2``.
+
+        One backward pass of the energy gives both ``grad_x E`` and ``grad_theta E``; a second backward pass
+        through ``grad_x E`` gives the gradient-norm term.
+        """
+        with tf.GradientTape() as outer:
+            outer.watch(theta)
+            with tf.GradientTape() as inner:
+                xw = tf.identity(x)  # fresh per write step (DESIGN.md: reused watched inputs leak paths)
+                inner.watch(xw)
+                inner.watch(theta)
+                e = self.energy_net(xw, memory=dict(zip(self.memory_names, theta)))
+                total = tf.reduce_sum(e)
+            grads = inner.gradient(total, [xw] + theta)
+            gx, grad_energy = grads[0], grads[1:]
+            gradnorm = tf.reduce_sum(tf.square(gx)) / n
+        grad_gradnorm = outer.gradient(gradnorm, theta)
+        grad_energy = [g / n for g in grad_energy]
+        grad_gradnorm = [tf.zeros_like(th) if g is None else g for g, th in zip(grad_gradnorm, theta)]
+        return grad_energy, grad_gradnorm
+
+    def writing_loss(self, state: MemoryState, patterns):
+        """``W`` of eq. (3) for ``patterns`` under ``state`` (mean over patterns), with the learned alpha, beta."""
+        x = self._cast(patterns, "patterns")
+        e, gx = self._energy_grad_x(state.weights, x)
+        gradnorm = tf.reduce_mean(tf.reduce_sum(tf.reshape(tf.square(gx), [tf.shape(gx)[0], -1]), -1))
+        prior = tf.add_n([tf.reduce_sum(tf.square(state.weights[n] - v))
+                          for n, v in zip(self.memory_names, self.theta_bar)])
+        return tf.reduce_mean(e) + self.alpha() * gradnorm + self.beta() * prior
+
+    # ------------------------------------------------------------------ read (eq. 1, Appendix B)
+    def project(self, x):
+        return tf.clip_by_value(x, *self.data_range)
+
+    def read(self, state: MemoryState, queries, mask=None):
+        """Retrieves patterns from ``queries [M, *pattern_shape]``; returns the K iterates ``[x_1 .. x_K]``.
+
+        ``mask`` (same shape as ``queries``, 1 = known) marks dimensions clamped to the query.
+        """
+        q = self.project(self._cast(queries, "queries"))
+        self._check_patterns(q, "queries")
+        if mask is not None:
+            mask = self._cast(mask, "mask")
+            q_known = q * mask
+            keep = 1.0 - mask
+
+            def clamp(x):
+                return x * keep + q_known
+        else:
+            def clamp(x):
+                return x
+        gammas, psis = self.read_steps_schedule(), self.momentum_schedule()
+        x, v = q, tf.zeros_like(q)
+        iterates = []
+        for k in range(self.read_steps):
+            x_hat = clamp(self.project(x + psis[k] * v)) if k > 0 else x  # v_0 = 0
+            _, g = self._energy_grad_x(state.weights, x_hat)
+            v = psis[k] * v - gammas[k] * g
+            x = clamp(self.project(x + v))
+            iterates.append(x)
+        return iterates
+
+    def recall(self, state: MemoryState, queries, mask=None):
+        """The last read iterate ``x_K``."""
+        return self.read(state, queries, mask)[-1]
+
+    def reconstruction_loss(self, patterns, iterates):
+        """B.4: ``sum_k mean_i ||x_i - x_i^(k)||^2``; also returns the per-step terms ``[K]``."""
+        x = self._cast(patterns, "patterns")
+        per_step = tf.stack([tf.reduce_mean(tf.reduce_sum(
+            tf.reshape(tf.square(x - it), [tf.shape(x)[0], -1]), -1)) for it in iterates])
+        return tf.reduce_sum(per_step), per_step
+
+    def call(self, patterns, queries=None, mask=None):
+        """Keras entry point: writes ``patterns`` and recalls ``queries`` (default: the patterns)."""
+        state = self.write(patterns)
+        return self.recall(state, patterns if queries is None else queries, mask)
+
+    def _check_patterns(self, x, name):
+        expected = self.energy_net.pattern_shape
+        if x.shape.rank is not None and tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, expected))}], got {list(x.shape)}")
+
+    # ------------------------------------------------------------------ serialization
+    def get_config(self):
+        config = super().get_config()
+        config.update(energy=keras.saving.serialize_keras_object(self.energy_net),
+                      write_steps=self.write_steps, read_steps=self.read_steps,
+                      data_range=list(self.data_range), first_order=self.first_order, **self._init)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["energy"] = keras.saving.deserialize_keras_object(config["energy"])
+        return cls(**config)

@@ -1,0 +1,119 @@
+"""Meta-training (eq. 5): backpropagate the read reconstruction loss through write and read.
+
+``MetaLearner`` owns the optimiser (AdamW, Appendix A) and two compiled functions:
+
+* ``compute_gradients(episodes)``: under ``tf.distribute``, each replica writes and reads *its own*
+  episode (a whole batch of N patterns: an episode is never split across replicas), differentiates the
+  step-wise reconstruction loss (B.4) into theta_bar, the static weights and every learned rate, and the
+  gradients are averaged across replicas;
+* ``apply_gradients(grads)``: clips the *reduced* gradients by global norm, then applies AdamW.
+
+Clipping happens after the cross-replica reduction, never per replica (Keras' ``global_clipnorm`` inside
+``strategy.run`` would clip each replica's gradient before the sum; DESIGN.md). The two halves are separate
+so that the caller can refuse non-finite gradients before anything is applied.
+"""
+
+from __future__ import annotations
+
+import gin
+import keras
+import tensorflow as tf
+
+from ebmm_tf.memory import EnergyMemory
+
+__all__ = ["MetaLearner", "meta_loss"]
+
+
+def meta_loss(memory: EnergyMemory, episode, first_order=None):
+    """Writes ``episode["patterns"]``, reads ``episode["queries"]`` (clamping ``episode["clamp"]`` if given).
+
+    Returns ``(loss, aux)``: ``loss`` is B.4's ``sum_k mean_i ||x_i - x_i^(k)||^2``; ``aux`` holds
+    ``per_step [K]``, the ``iterates`` and the written ``state``.
+    """
+    state = memory.write(episode["patterns"], first_order=first_order)
+    iterates = memory.read(state, episode["queries"], episode.get("clamp"))
+    loss, per_step = memory.reconstruction_loss(episode["patterns"], iterates)
+    return loss, {"per_step": per_step, "iterates": iterates, "state": state}
+
+
+@gin.configurable(module="ebmm_tf.meta")
+class MetaLearner:
+    """The meta-training step of EBMM for one ``EnergyMemory``.
+
+    Create it (and the memory) inside ``strategy.scope()``.
+
+    Args:
+      memory: the ``EnergyMemory`` to meta-train.
+      learning_rate, weight_decay: AdamW settings (paper: 5e-5, 1e-6).
+      clip_norm: global-norm clipping of the averaged gradient (paper: 0.05); ``None`` disables it.
+      strategy: a ``tf.distribute.Strategy``; default: the current one.
+      first_order: overrides ``memory.first_order`` for training if not ``None``.
+      jit_compile: compile the gradient computation with XLA.
+    """
+
+    def __init__(self, memory: EnergyMemory, learning_rate=5e-5, weight_decay=1e-6, clip_norm=0.05,
+                 strategy=None, first_order=None, jit_compile=False):
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        if clip_norm is not None and clip_norm <= 0:
+            raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
+        self.memory = memory
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.clip_norm = clip_norm
+        self.first_order = first_order
+        with self.strategy.scope():
+            self.optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+            self.optimizer.build(memory.trainable_variables)
+        self.variables = list(memory.trainable_variables)
+        self._compute = tf.function(self._compute_impl, jit_compile=jit_compile)
+        self._apply = tf.function(self._apply_impl)
+
+    @property
+    def iterations(self):
+        return self.optimizer.iterations
+
+    # --------------------------------------------------------------- per replica
+    def _replica_gradients(self, episode):
+        with tf.GradientTape() as tape:
+            loss, aux = meta_loss(self.memory, episode, self.first_order)
+        grads = tape.gradient(loss, self.variables)
+        missing = [v.path for v, g in zip(self.variables, grads) if g is None]
+        if missing:
+            raise ValueError(f"These trainable variables get no meta-gradient: {missing}")
+        return grads, {"loss": loss, "per_step": aux["per_step"]}
+
+    def _compute_impl(self, episodes):
+        grads, metrics = self.strategy.run(self._replica_gradients, args=(episodes,))
+        mean = tf.distribute.ReduceOp.MEAN
+        grads = [self.strategy.reduce(mean, g, axis=None) for g in grads]
+        metrics = {k: self.strategy.reduce(mean, v, axis=None) for k, v in metrics.items()}
+        metrics["grad_norm"] = tf.linalg.global_norm(grads)
+        return grads, metrics
+
+    def _apply_impl(self, grads):
+        if self.clip_norm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+        return self.optimizer.iterations
+
+    # --------------------------------------------------------------- public
+    def compute_gradients(self, episodes):
+        """Averaged meta-gradients and metrics (``loss``, ``per_step``, ``grad_norm`` before clipping).
+
+        ``episodes``: one episode dict, or a distributed dataset element (one episode per replica).
+        """
+        return self._compute(episodes)
+
+    def apply_gradients(self, grads):
+        """Clips by global norm and applies AdamW; returns the new step count."""
+        return self._apply(grads)
+
+    def train_step(self, episodes):
+        """Computes and applies one meta-gradient step; raises ``FloatingPointError`` on NaN/Inf."""
+        grads, metrics = self.compute_gradients(episodes)
+        if not bool(tf.math.is_finite(metrics["loss"])) or not bool(tf.math.is_finite(metrics["grad_norm"])):
+            raise FloatingPointError(
+                f"Non-finite meta-loss ({float(metrics['loss'])}) or gradient norm "
+                f"({float(metrics['grad_norm'])}) at step {int(self.iterations.numpy())}; nothing was applied.")
+        self.apply_gradients(grads)
+        return metrics

@@ -1,0 +1,244 @@
+"""EnergyMemory: the write rule against a closed form, the meta-gradient against finite differences,
+write/read behaviour, first-order mode, and .keras round trips."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ebmm_tf
+from ebmm_tf.memory import inverse_softplus
+from _tiny import OneLayerEnergy, episode, tiny_conv, tiny_fc, tiny_lower, tiny_rnn
+
+
+# ---------------------------------------------------------------------------------------------------- write rule
+def _numpy_write(x, m0, b0, v, rates, alpha, beta):
+    """Eq. (4) for E(x) = v . tanh(x M + b), with every gradient derived by hand."""
+    m, b = m0.copy(), b0.copy()
+    n = len(x)
+    for r in rates:                       # r = (energy, gradient, prior) rates of the single layer
+        a = np.tanh(x @ m + b)            # [N, h]
+        u = v * (1 - a ** 2)              # dE/ds
+        ge_m, ge_b = x.T @ u / n, u.mean(0)
+        gx = u @ m.T                      # grad_x E  [N, d]
+        du = v * (-2 * a * (1 - a ** 2))  # d u / d s
+        w = 2 * (gx @ m) * du
+        gg_m = (2 * gx.T @ u + x.T @ w) / n
+        gg_b = w.mean(0)
+        m, b = (m - r[0] * ge_m - r[1] * alpha * gg_m - r[2] * 2 * beta * (m - m0),
+                b - r[0] * ge_b - r[1] * alpha * gg_b - r[2] * 2 * beta * (b - b0))
+    return m, b
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_write_steps_equal_hand_computed_updates(steps):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    mem = ebmm_tf.EnergyMemory(OneLayerEnergy(dim=5, hidden=4, dtype="float64"), write_steps=steps,
+                               read_steps=1, dtype="float64")
+    rates = rng.uniform(0.05, 0.3, size=(steps, 1, 3))
+    mem.write_rates_raw.assign(np.vectorize(inverse_softplus)(rates))
+    mem.alpha_raw.assign(inverse_softplus(0.7))
+    mem.beta_raw.assign(inverse_softplus(1.3))
+    mem.theta_bar[1].assign(rng.normal(size=4) * 0.1)
+    x = rng.normal(size=(6, 5))
+    state = mem.write(x)
+    m, b = _numpy_write(x, mem.theta_bar[0].numpy(), mem.theta_bar[1].numpy(),
+                        mem.energy_net.out.kernel.numpy()[:, 0], rates[:, 0], 0.7, 1.3)
+    np.testing.assert_allclose(state.weights["memory/kernel"].numpy(), m, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(state.weights["memory/bias"].numpy(), b, rtol=1e-10, atol=1e-12)
+
+
+def test_writing_lowers_the_writing_loss_of_written_patterns():
+    keras.utils.set_random_seed(1)
+    mem = ebmm_tf.EnergyMemory(tiny_conv(), write_steps=3, read_steps=1, write_rate_init=1e-2, dtype="float64")
+    ep = episode((8, 8, 1), 4, seed=1)
+    before = mem.writing_loss(mem.initial_state(), ep["patterns"]).numpy()
+    after = mem.writing_loss(mem.write(ep["patterns"]), ep["patterns"]).numpy()
+    assert after < before - 1e-3 * abs(before)
+
+
+# ---------------------------------------------------------------------------------------------------- meta-gradient
+def _loss_fn(mem, ep):
+    return lambda: ebmm_tf.meta_loss(mem, ep)[0]
+
+
+def _directional_check(mem, ep, direction_groups, seed=0, eps=1e-7):
+    """Relative error between grad . u and the central difference along u, for u on each variable group.
+
+    The tiny networks normalise very small feature maps, so the loss is strongly curved: a step of 1e-5
+    leaves O(1e-2) truncation error on the conv model, 1e-7 converges (float64 keeps rounding near 1e-8).
+    """
+    variables = mem.trainable_variables
+    loss = _loss_fn(mem, ep)
+    with tf.GradientTape() as tape:
+        value = loss()
+    grads = tape.gradient(value, variables)
+    assert all(g is not None for g in grads)
+    rng = np.random.default_rng(seed)
+    base = [v.numpy() for v in variables]
+    errors = {}
+    for group, select in direction_groups.items():
+        u = [rng.normal(size=v.shape) if select(v) else np.zeros(v.shape) for v in variables]
+        analytic = sum(float(np.sum(g.numpy() * d)) for g, d in zip(grads, u))
+        values = []
+        for sign in (1, -1):
+            for v, b0, d in zip(variables, base, u):
+                v.assign(b0 + sign * eps * d)
+            values.append(float(loss()))
+        for v, b0 in zip(variables, base):
+            v.assign(b0)
+        fd = (values[0] - values[1]) / (2 * eps)
+        errors[group] = abs(analytic - fd) / max(abs(fd), 1e-12)
+    return errors
+
+
+def _groups(mem):
+    theta_bar = {id(v) for v in mem.theta_bar}
+    rates = {id(v) for v in (mem.write_rates_raw, mem.alpha_raw, mem.beta_raw, mem.read_step_raw,
+                             mem.read_step_logits, mem.momentum_raw, mem.momentum_logits)}
+    return {
+        "all": lambda v: True,
+        "theta_bar": lambda v: id(v) in theta_bar,
+        "learned_rates": lambda v: id(v) in rates,
+        "static_weights": lambda v: id(v) not in theta_bar and id(v) not in rates,
+    }
+
+
+@pytest.mark.parametrize("make_energy,shape,data_range,clamp", [
+    (tiny_rnn, (6,), (-1.0, 1.0), True),       # dense writable layer, clamped read
+    (tiny_conv, (8, 8, 1), (0.0, 1.0), False),  # convolutional writable layers
+], ids=["dense", "conv"])
+def test_meta_gradient_matches_central_finite_differences(make_energy, shape, data_range, clamp):
+    keras.utils.set_random_seed(2)
+    mem = ebmm_tf.EnergyMemory(make_energy(), write_steps=2, read_steps=2, data_range=data_range,
+                               write_rate_init=0.05, read_step_init=0.05, dtype="float64")
+    ep = episode(shape, 3, data_range, seed=3, clamp=clamp)
+    errors = _directional_check(mem, ep, _groups(mem))
+    assert max(errors.values()) < 1e-4, errors
+
+
+# ---------------------------------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("make_energy,shape", [
+    (tiny_rnn, (6,)), (tiny_fc, (8, 8, 1)), (tiny_conv, (8, 8, 1)), (tiny_lower, (8, 8, 1))],
+    ids=["rnn", "fc", "conv", "lower_conv"])
+def test_every_trainable_variable_gets_a_meta_gradient(make_energy, shape):
+    keras.utils.set_random_seed(3)
+    mem = ebmm_tf.EnergyMemory(make_energy(dtype="float32"), write_steps=2, read_steps=2, write_rate_init=1e-2)
+    ep = episode(shape, 2, seed=4, dtype=np.float32)
+    with tf.GradientTape() as tape:
+        loss = ebmm_tf.meta_loss(mem, ep)[0]
+    grads = tape.gradient(loss, mem.trainable_variables)
+    missing = [v.path for v, g in zip(mem.trainable_variables, grads) if g is None]
+    zero = [v.path for v, g in zip(mem.trainable_variables, grads) if g is not None and not np.any(g.numpy())]
+    assert not missing and not zero, (missing, zero)
+
+
+def _gradients_and_graph_size(mem, ep, first_order):
+    variables = mem.trainable_variables
+
+    @tf.function
+    def grads_fn(ep):
+        with tf.GradientTape() as tape:
+            loss = ebmm_tf.meta_loss(mem, ep, first_order=first_order)[0]
+        return tape.gradient(loss, variables)
+
+    concrete = grads_fn.get_concrete_function(ep)
+    return [g.numpy() for g in concrete(ep)], len(concrete.graph.get_operations())
+
+
+def test_first_order_changes_the_meta_gradient_and_is_cheaper():
+    keras.utils.set_random_seed(4)
+    mem = ebmm_tf.EnergyMemory(tiny_rnn(), write_steps=2, read_steps=2, write_rate_init=0.05, dtype="float64")
+    ep = {k: tf.constant(v) for k, v in episode((6,), 3, (-1.0, 1.0), seed=5).items()}
+    full, full_ops = _gradients_and_graph_size(mem, ep, first_order=False)
+    first, first_ops = _gradients_and_graph_size(mem, ep, first_order=True)
+    diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(full, first)))
+    norm = np.sqrt(sum(np.sum(a ** 2) for a in full))
+    assert diff > 1e-3 * norm
+    assert first_ops < 0.8 * full_ops, (first_ops, full_ops)   # fewer ops in the compiled meta-gradient
+
+
+# ---------------------------------------------------------------------------------------------------- read
+def test_read_schedules_are_non_increasing_and_clamped_dimensions_stay():
+    keras.utils.set_random_seed(5)
+    mem = ebmm_tf.EnergyMemory(tiny_rnn(), write_steps=1, read_steps=4, data_range=(-1.0, 1.0),
+                               read_step_init=0.5, dtype="float64")
+    mem.read_step_logits.assign([3.0, -1.0, 0.5])
+    gammas, psis = mem.read_steps_schedule().numpy(), mem.momentum_schedule().numpy()
+    assert np.all(np.diff(gammas) <= 0) and np.all(np.diff(psis) <= 0) and gammas[0] == pytest.approx(0.5)
+    ep = episode((6,), 5, (-1.0, 1.0), seed=6, clamp=True)
+    iterates = mem.read(mem.write(ep["patterns"]), ep["queries"], ep["clamp"])
+    assert len(iterates) == 4
+    for it in iterates:
+        it = it.numpy()
+        np.testing.assert_array_equal(it[ep["clamp"] == 1], ep["queries"][ep["clamp"] == 1])
+        assert it.min() >= -1.0 and it.max() <= 1.0
+
+
+def test_reading_a_trained_memory_moves_distorted_queries_towards_the_originals():
+    """Meta-train a tiny binary-string memory for a few steps, then check retrieval on fresh episodes."""
+    keras.utils.set_random_seed(6)
+    dim, n = 16, 4
+    mem = ebmm_tf.EnergyMemory(ebmm_tf.GatedRNNEnergy(input_size=dim, hidden_size=32, hops=2, dynamic_size=8),
+                               write_steps=2, read_steps=3, data_range=(-1.0, 1.0), write_rate_init=0.1,
+                               read_step_init=0.5)
+    learner = ebmm_tf.MetaLearner(mem, learning_rate=1e-2, clip_norm=1.0)
+    rng = np.random.default_rng(0)
+
+    def sample():
+        x = rng.choice([-1.0, 1.0], size=(n, dim)).astype(np.float32)
+        known = np.zeros((n, dim), np.float32)
+        for row in known:
+            row[rng.choice(dim, dim // 2, replace=False)] = 1
+        q = np.where(known == 1, x, rng.choice([-1.0, 1.0], size=(n, dim))).astype(np.float32)
+        return {"patterns": tf.constant(x), "queries": tf.constant(q), "clamp": tf.constant(known)}
+
+    for _ in range(250):
+        learner.train_step(sample())
+    err_query, err_read, e_query, e_read = [], [], [], []
+    for _ in range(20):
+        ep = sample()
+        state = mem.write(ep["patterns"])
+        out = mem.recall(state, ep["queries"], ep["clamp"])
+        err_query.append(np.mean(np.sum((ep["queries"] - ep["patterns"]).numpy() ** 2, -1)))
+        err_read.append(np.mean(np.sum((out - ep["patterns"]).numpy() ** 2, -1)))
+        e_query.append(np.mean(mem.energy(state, ep["queries"])))
+        e_read.append(np.mean(mem.energy(state, out)))
+    # untrained: about 0.85 of the query's error; after 250 steps about 0.5 (seed 6)
+    assert np.mean(err_read) < 0.75 * np.mean(err_query), (np.mean(err_read), np.mean(err_query))
+    assert np.mean(e_read) < np.mean(e_query), (np.mean(e_read), np.mean(e_query))
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def test_bad_inputs_give_clear_errors():
+    mem = ebmm_tf.EnergyMemory(tiny_rnn(dtype="float32"), write_steps=1, read_steps=1)
+    with pytest.raises(ValueError, match=r"shape \[batch, 6\]"):
+        mem.write(np.zeros((2, 7), np.float32))
+    with pytest.raises(TypeError, match="floating"):
+        mem.write(np.zeros((2, 6), np.int32))
+    with pytest.raises(ValueError, match="write_steps"):
+        ebmm_tf.EnergyMemory(tiny_rnn(), write_steps=0)
+    with pytest.raises(ValueError, match="data_range"):
+        ebmm_tf.EnergyMemory(tiny_rnn(), data_range=(1.0, 0.0))
+
+
+# ---------------------------------------------------------------------------------------------------- saving
+@pytest.mark.parametrize("make_energy,shape", [(tiny_rnn, (6,)), (tiny_conv, (8, 8, 1))], ids=["rnn", "conv"])
+def test_keras_file_round_trip_reproduces_energies_exactly(tmp_path, make_energy, shape):
+    keras.utils.set_random_seed(7)
+    mem = ebmm_tf.EnergyMemory(make_energy(dtype="float32"), write_steps=2, read_steps=2, write_rate_init=0.02)
+    rng = np.random.default_rng(0)
+    for v in mem.trainable_variables:        # move every variable away from its initial value
+        v.assign(v.numpy() + rng.normal(size=v.shape).astype(np.float32) * 0.01)
+    ep = episode(shape, 3, seed=8, dtype=np.float32)
+    path = tmp_path / "memory.keras"
+    mem.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, ebmm_tf.EnergyMemory)
+    assert loaded.memory_size() == mem.memory_size()
+    for a, b in zip(mem.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    s1, s2 = mem.write(ep["patterns"]), loaded.write(ep["patterns"])
+    np.testing.assert_array_equal(mem.energy(s1, ep["queries"]).numpy(), loaded.energy(s2, ep["queries"]).numpy())
+    np.testing.assert_array_equal(mem.recall(s1, ep["queries"]).numpy(), loaded.recall(s2, ep["queries"]).numpy())
