@@ -76,7 +76,8 @@ class EnergyNetwork(keras.Model):
         if tuple(x.shape[1:]) != self.pattern_shape:
             raise ValueError(
                 f"{type(self).__name__} expects patterns of shape [batch, {', '.join(map(str, self.pattern_shape))}], "
-                f"got {list(x.shape)}")
+                f"got {list(x.shape)}"
+            )
 
     def get_config(self):
         config = super().get_config()
@@ -122,12 +123,12 @@ class GatedRNNEnergy(EnergyNetwork):
 
     def call(self, x, memory=None):
         self._check_input(x)
-        dynamic = self.memory(x, memory)       # depends on x only: once, outside the hop loop
+        dynamic = self.memory(x, memory)  # depends on x only: once, outside the hop loop
         static_x = self.static_x(x)
         gate_x = self.gate_x(x)
         state = None
         for _ in range(self.hops):
-            if state is None:                  # state_0 = 0: the state terms vanish
+            if state is None:  # state_0 = 0: the state terms vanish
                 static, gate = static_x, gate_x
                 c = tf.tanh(tf.concat([dynamic, static], axis=-1))
                 state = tf.sigmoid(gate) * c
@@ -140,8 +141,9 @@ class GatedRNNEnergy(EnergyNetwork):
 
     def get_config(self):
         config = super().get_config()
-        config.update(input_size=self.input_size, hidden_size=self.hidden_size, hops=self.hops,
-                      dynamic_size=self.dynamic_size)
+        config.update(
+            input_size=self.input_size, hidden_size=self.hidden_size, hops=self.hops, dynamic_size=self.dynamic_size
+        )
         return config
 
 
@@ -230,8 +232,18 @@ class ResNetFCEnergy(EnergyNetwork):
     Memory: ``256 * dynamic_size + dynamic_size`` floats.
     """
 
-    def __init__(self, pattern_shape=(32, 32, 1), channels=32, hidden_size=512, representation_size=512,
-                 dynamic_size=32, encoding_size=256, hops=3, head_size=1024, **kwargs):
+    def __init__(
+        self,
+        pattern_shape=(32, 32, 1),
+        channels=32,
+        hidden_size=512,
+        representation_size=512,
+        dynamic_size=32,
+        encoding_size=256,
+        hops=3,
+        head_size=1024,
+        **kwargs,
+    ):
         kwargs.setdefault("name", "resnet_fc_energy")
         super().__init__(pattern_shape=pattern_shape, **kwargs)
         if not 0 < dynamic_size < representation_size:
@@ -247,8 +259,9 @@ class ResNetFCEnergy(EnergyNetwork):
             in_ch, h, w = channels * mult, _conv_out(h, 2), _conv_out(w, 2)
         self.encoder_linear = Linear(h * w * in_ch, encoding_size, name="encoder_linear", dtype=dt)
         self.encoder_norm = LayerNorm(channels=encoding_size, name="encoder_norm", dtype=dt)
-        self.memory = WritableDense(encoding_size, representation_size - dynamic_size, dynamic_size,
-                                    name="memory", dtype=dt)
+        self.memory = WritableDense(
+            encoding_size, representation_size - dynamic_size, dynamic_size, name="memory", dtype=dt
+        )
         self.hidden_x = Linear(representation_size, hidden_size, name="hidden_x", dtype=dt)
         self.hidden_h = Linear(hidden_size, hidden_size, use_bias=False, name="hidden_h", dtype=dt)
         self.hidden_norm = LayerNorm(channels=hidden_size, name="hidden_norm", dtype=dt)
@@ -263,7 +276,7 @@ class ResNetFCEnergy(EnergyNetwork):
         for block in self.blocks:
             x = block(x)
         f = self.encoder_norm(self.encoder_linear(tf.reshape(x, [tf.shape(x)[0], -1])))
-        r = tf.tanh(self.memory(f, memory))    # [static | writable] channel order
+        r = tf.tanh(self.memory(f, memory))  # [static | writable] channel order
         hid_x, gate_x = self.hidden_x(r), self.gate_x(r)
         state = None
         for _ in range(self.hops):
@@ -277,9 +290,15 @@ class ResNetFCEnergy(EnergyNetwork):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, hidden_size=self.hidden_size,
-                      representation_size=self.representation_size, dynamic_size=self.dynamic_size,
-                      encoding_size=self.encoding_size, hops=self.hops, head_size=self.head_size)
+        config.update(
+            channels=self.channels,
+            hidden_size=self.hidden_size,
+            representation_size=self.representation_size,
+            dynamic_size=self.dynamic_size,
+            encoding_size=self.encoding_size,
+            hops=self.hops,
+            head_size=self.head_size,
+        )
         return config
 
 
@@ -299,8 +318,9 @@ class BottleneckMemoryBlock(keras.layers.Layer):
         stride = 2 if downscale else 1
         self.reduce = Conv(in_channels, bottleneck_channels, 1, 1, name="reduce", dtype=dt)
         self.reduce_norm = LayerNorm(channels=bottleneck_channels, name="reduce_norm", dtype=dt)
-        self.memory = WritableConv2D(bottleneck_channels, channels - dynamic_size, dynamic_size, 3, stride,
-                                     name=f"{self.name}_memory", dtype=dt)
+        self.memory = WritableConv2D(
+            bottleneck_channels, channels - dynamic_size, dynamic_size, 3, stride, name=f"{self.name}_memory", dtype=dt
+        )
         self.norm = LayerNorm(channels=channels, name="norm", dtype=dt)
         self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
         self.built = True
@@ -314,9 +334,13 @@ class BottleneckMemoryBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(in_channels=self.in_channels, channels=self.channels,
-                      bottleneck_channels=self.bottleneck_channels, dynamic_size=self.dynamic_size,
-                      downscale=self.downscale)
+        config.update(
+            in_channels=self.in_channels,
+            channels=self.channels,
+            bottleneck_channels=self.bottleneck_channels,
+            dynamic_size=self.dynamic_size,
+            downscale=self.downscale,
+        )
         return config
 
 
@@ -332,8 +356,17 @@ class ResNetConvEnergy(EnergyNetwork):
     (C.3, d = 8: 9,232 floats; C.4, d = 8: 18,448, the paper's "~18K").
     """
 
-    def __init__(self, pattern_shape=(32, 32, 1), channels=32, hidden_size=128, dynamic_size=8,
-                 bottleneck_downscale=(False, True), hops=3, head_size=1024, **kwargs):
+    def __init__(
+        self,
+        pattern_shape=(32, 32, 1),
+        channels=32,
+        hidden_size=128,
+        dynamic_size=8,
+        bottleneck_downscale=(False, True),
+        hops=3,
+        head_size=1024,
+        **kwargs,
+    ):
         kwargs.setdefault("name", "resnet_conv_energy")
         super().__init__(pattern_shape=pattern_shape, **kwargs)
         if not 0 < dynamic_size < 4 * channels:
@@ -349,8 +382,11 @@ class ResNetConvEnergy(EnergyNetwork):
         self.memory_blocks = []
         in_ch = 2 * channels
         for i, down in enumerate(self.bottleneck_downscale):
-            self.memory_blocks.append(BottleneckMemoryBlock(
-                in_ch, 4 * channels, 2 * channels, dynamic_size, down, name=f"bottleneck{i + 1}", dtype=dt))
+            self.memory_blocks.append(
+                BottleneckMemoryBlock(
+                    in_ch, 4 * channels, 2 * channels, dynamic_size, down, name=f"bottleneck{i + 1}", dtype=dt
+                )
+            )
             in_ch = 4 * channels
             if down:
                 h, w = _conv_out(h, 2), _conv_out(w, 2)
@@ -366,16 +402,28 @@ class ResNetConvEnergy(EnergyNetwork):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, hidden_size=self.hidden_size, dynamic_size=self.dynamic_size,
-                      bottleneck_downscale=list(self.bottleneck_downscale), hops=self.hops, head_size=self.head_size)
+        config.update(
+            channels=self.channels,
+            hidden_size=self.hidden_size,
+            dynamic_size=self.dynamic_size,
+            bottleneck_downscale=list(self.bottleneck_downscale),
+            hops=self.hops,
+            head_size=self.head_size,
+        )
         return config
 
 
 def imagenet_conv_energy(pattern_shape=(64, 64, 3), channels=64, hidden_size=256, dynamic_size=8, **kwargs):
     """C.4: the ImageNet 64x64 variant of ``ResNetConvEnergy`` (both bottleneck blocks downscale)."""
     kwargs.setdefault("name", "imagenet_conv_energy")
-    return ResNetConvEnergy(pattern_shape=pattern_shape, channels=channels, hidden_size=hidden_size,
-                            dynamic_size=dynamic_size, bottleneck_downscale=(True, True), **kwargs)
+    return ResNetConvEnergy(
+        pattern_shape=pattern_shape,
+        channels=channels,
+        hidden_size=hidden_size,
+        dynamic_size=dynamic_size,
+        bottleneck_downscale=(True, True),
+        **kwargs,
+    )
 
 
 @keras.saving.register_keras_serializable(package="ebmm_tf")
@@ -390,11 +438,13 @@ class LowerMemoryBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         dt = self.dtype_policy
         self.in_channels, self.channels, self.dynamic_size = in_channels, channels, dynamic_size
-        self.memory1 = WritableConv2D(in_channels, channels - dynamic_size, dynamic_size, 3, 2,
-                                      name=f"{self.name}_memory1", dtype=dt)
+        self.memory1 = WritableConv2D(
+            in_channels, channels - dynamic_size, dynamic_size, 3, 2, name=f"{self.name}_memory1", dtype=dt
+        )
         self.norm1 = LayerNorm(channels=channels, name="norm1", dtype=dt)
-        self.memory2 = WritableConv2D(channels, channels - dynamic_size, dynamic_size, 3, 1,
-                                      name=f"{self.name}_memory2", dtype=dt)
+        self.memory2 = WritableConv2D(
+            channels, channels - dynamic_size, dynamic_size, 3, 1, name=f"{self.name}_memory2", dtype=dt
+        )
         self.norm2 = LayerNorm(channels=channels, name="norm2", dtype=dt)
         self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
         self.built = True
@@ -420,8 +470,9 @@ class ResNetLowerConvEnergy(EnergyNetwork):
     the paper's "4K" and "5K").
     """
 
-    def __init__(self, pattern_shape=(32, 32, 1), channels=32, hidden_size=256, dynamic_size=8, hops=3,
-                 head_size=1024, **kwargs):
+    def __init__(
+        self, pattern_shape=(32, 32, 1), channels=32, hidden_size=256, dynamic_size=8, hops=3, head_size=1024, **kwargs
+    ):
         kwargs.setdefault("name", "resnet_lower_conv_energy")
         super().__init__(pattern_shape=pattern_shape, **kwargs)
         if not 0 < dynamic_size < 2 * channels:
@@ -435,8 +486,9 @@ class ResNetLowerConvEnergy(EnergyNetwork):
         self.block3 = ResBlock(2 * channels, 4 * channels, 2, name="block3", dtype=dt)
         for _ in range(3):
             h, w = _conv_out(h, 2), _conv_out(w, 2)
-        self.recurrent = _ConvRecurrentHead((h, w), 4 * channels, hidden_size, hops, head_size,
-                                            name="recurrent", dtype=dt)
+        self.recurrent = _ConvRecurrentHead(
+            (h, w), 4 * channels, hidden_size, hops, head_size, name="recurrent", dtype=dt
+        )
         self.built = True
 
     def call(self, x, memory=None):
@@ -446,6 +498,11 @@ class ResNetLowerConvEnergy(EnergyNetwork):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, hidden_size=self.hidden_size, dynamic_size=self.dynamic_size,
-                      hops=self.hops, head_size=self.head_size)
+        config.update(
+            channels=self.channels,
+            hidden_size=self.hidden_size,
+            dynamic_size=self.dynamic_size,
+            hops=self.hops,
+            head_size=self.head_size,
+        )
         return config

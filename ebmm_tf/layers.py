@@ -45,8 +45,7 @@ class Linear(keras.layers.Layer):
     def __init__(self, in_features, units, use_bias=True, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.in_features, self.units, self.use_bias, self.seed = int(in_features), int(units), bool(use_bias), seed
-        self.kernel = self.add_weight(name="kernel", shape=(self.in_features, self.units),
-                                      initializer=he_normal(seed))
+        self.kernel = self.add_weight(name="kernel", shape=(self.in_features, self.units), initializer=he_normal(seed))
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros") if use_bias else None
         self.built = True
 
@@ -69,8 +68,9 @@ class Conv(keras.layers.Layer):
         self.in_channels, self.filters = int(in_channels), int(filters)
         self.kernel_size, self.strides, self.use_bias, self.seed = int(kernel_size), int(strides), bool(use_bias), seed
         k = self.kernel_size
-        self.kernel = self.add_weight(name="kernel", shape=(k, k, self.in_channels, self.filters),
-                                      initializer=he_normal(seed))
+        self.kernel = self.add_weight(
+            name="kernel", shape=(k, k, self.in_channels, self.filters), initializer=he_normal(seed)
+        )
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if use_bias else None
         self.built = True
 
@@ -80,8 +80,14 @@ class Conv(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(in_channels=self.in_channels, filters=self.filters, kernel_size=self.kernel_size,
-                      strides=self.strides, use_bias=self.use_bias, seed=self.seed)
+        config.update(
+            in_channels=self.in_channels,
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            use_bias=self.use_bias,
+            seed=self.seed,
+        )
         return config
 
 
@@ -203,15 +209,23 @@ class WritableDense(WritableLayer):
         kernel, bias = parts[0], (parts[1] if self.use_bias else None)
         if self.static_units:
             kernel = tf.concat([self.kernel, kernel], axis=-1)
-            bias = tf.concat([self.bias, bias], axis=-1) if bias is not None else tf.pad(
-                self.bias, [[0, self.writable_units]])
+            bias = (
+                tf.concat([self.bias, bias], axis=-1)
+                if bias is not None
+                else tf.pad(self.bias, [[0, self.writable_units]])
+            )
         y = tf.matmul(x, kernel)
         return y + bias if bias is not None else y
 
     def get_config(self):
         config = super().get_config()
-        config.update(in_features=self.in_features, static_units=self.static_units,
-                      writable_units=self.writable_units, use_bias=self.use_bias, seed=self.seed)
+        config.update(
+            in_features=self.in_features,
+            static_units=self.static_units,
+            writable_units=self.writable_units,
+            use_bias=self.use_bias,
+            seed=self.seed,
+        )
         return config
 
 
@@ -224,8 +238,17 @@ class WritableConv2D(WritableLayer):
     Memory: ``kernel [k, k, in_channels, writable_filters]`` and ``bias [writable_filters]``.
     """
 
-    def __init__(self, in_channels, static_filters, writable_filters, kernel_size=3, strides=1,
-                 use_bias=True, seed=None, **kwargs):
+    def __init__(
+        self,
+        in_channels,
+        static_filters,
+        writable_filters,
+        kernel_size=3,
+        strides=1,
+        use_bias=True,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if writable_filters < 1:
             raise ValueError(f"writable_filters must be >= 1, got {writable_filters}")
@@ -261,14 +284,23 @@ class WritableConv2D(WritableLayer):
         kernel, bias = parts[0], (parts[1] if self.use_bias else None)
         if self.static_filters:
             kernel = tf.concat([self.kernel, kernel], axis=-1)
-            bias = tf.concat([self.bias, bias], axis=-1) if bias is not None else tf.pad(
-                self.bias, [[0, self.writable_filters]])
+            bias = (
+                tf.concat([self.bias, bias], axis=-1)
+                if bias is not None
+                else tf.pad(self.bias, [[0, self.writable_filters]])
+            )
         y = tf.nn.conv2d(x, kernel, strides=self.strides, padding="SAME")
         return y + bias if bias is not None else y
 
     def get_config(self):
         config = super().get_config()
-        config.update(in_channels=self.in_channels, static_filters=self.static_filters,
-                      writable_filters=self.writable_filters, kernel_size=self.kernel_size,
-                      strides=self.strides, use_bias=self.use_bias, seed=self.seed)
+        config.update(
+            in_channels=self.in_channels,
+            static_filters=self.static_filters,
+            writable_filters=self.writable_filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            use_bias=self.use_bias,
+            seed=self.seed,
+        )
         return config

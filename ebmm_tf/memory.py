@@ -85,10 +85,23 @@ class EnergyMemory(keras.Model):
         learned rates and theta_bar still get gradients through the update's linear path).
     """
 
-    def __init__(self, energy: EnergyNetwork, write_steps=5, read_steps=5, data_range=(0.0, 1.0),
-                 write_rate_init=1e-4, per_step_write_rates=True, alpha_init=1.0, beta_init=1.0,
-                 read_step_init=1.0, read_step_decay_init=0.9, momentum_init=0.5, momentum_decay_init=0.9,
-                 first_order=False, **kwargs):
+    def __init__(
+        self,
+        energy: EnergyNetwork,
+        write_steps=5,
+        read_steps=5,
+        data_range=(0.0, 1.0),
+        write_rate_init=1e-4,
+        per_step_write_rates=True,
+        alpha_init=1.0,
+        beta_init=1.0,
+        read_step_init=1.0,
+        read_step_decay_init=0.9,
+        momentum_init=0.5,
+        momentum_decay_init=0.9,
+        first_order=False,
+        **kwargs,
+    ):
         kwargs.setdefault("name", "energy_memory")
         super().__init__(**kwargs)
         if not isinstance(energy, EnergyNetwork):
@@ -102,10 +115,16 @@ class EnergyMemory(keras.Model):
         self.write_steps, self.read_steps = int(write_steps), int(read_steps)
         self.data_range = (lo, hi)
         self.first_order = bool(first_order)
-        self._init = dict(write_rate_init=write_rate_init, per_step_write_rates=bool(per_step_write_rates),
-                          alpha_init=alpha_init, beta_init=beta_init, read_step_init=read_step_init,
-                          read_step_decay_init=read_step_decay_init, momentum_init=momentum_init,
-                          momentum_decay_init=momentum_decay_init)
+        self._init = dict(
+            write_rate_init=write_rate_init,
+            per_step_write_rates=bool(per_step_write_rates),
+            alpha_init=alpha_init,
+            beta_init=beta_init,
+            read_step_init=read_step_init,
+            read_step_decay_init=read_step_decay_init,
+            momentum_init=momentum_init,
+            momentum_decay_init=momentum_decay_init,
+        )
 
         spec = energy.memory_spec()
         if not spec:
@@ -116,24 +135,30 @@ class EnergyMemory(keras.Model):
         self._layer_of = [layer_index[n] for n in self.memory_names]
         self.theta_bar = []
         for name, (shape, fan_in) in spec.items():
-            init = (keras.initializers.HeNormal() if len(shape) > 1 else keras.initializers.Zeros())
-            self.theta_bar.append(self.add_weight(
-                name="theta_bar_" + name.replace("/", "_"), shape=shape, initializer=init))
+            init = keras.initializers.HeNormal() if len(shape) > 1 else keras.initializers.Zeros()
+            self.theta_bar.append(
+                self.add_weight(name="theta_bar_" + name.replace("/", "_"), shape=shape, initializer=init)
+            )
 
         const = keras.initializers.Constant
         rate_rows = self.write_steps if per_step_write_rates else 1
         self.write_rates_raw = self.add_weight(
-            name="write_rates", shape=(max(rate_rows, 1), len(layers), len(_WRITE_TERMS)),
-            initializer=const(inverse_softplus(write_rate_init)))
+            name="write_rates",
+            shape=(max(rate_rows, 1), len(layers), len(_WRITE_TERMS)),
+            initializer=const(inverse_softplus(write_rate_init)),
+        )
         self.alpha_raw = self.add_weight(name="alpha", shape=(), initializer=const(inverse_softplus(alpha_init)))
         self.beta_raw = self.add_weight(name="beta", shape=(), initializer=const(inverse_softplus(beta_init)))
-        self.read_step_raw = self.add_weight(name="read_step", shape=(),
-                                             initializer=const(inverse_softplus(read_step_init)))
-        self.read_step_logits = self.add_weight(name="read_step_logits", shape=(self.read_steps - 1,),
-                                                initializer=const(logit(read_step_decay_init)))
+        self.read_step_raw = self.add_weight(
+            name="read_step", shape=(), initializer=const(inverse_softplus(read_step_init))
+        )
+        self.read_step_logits = self.add_weight(
+            name="read_step_logits", shape=(self.read_steps - 1,), initializer=const(logit(read_step_decay_init))
+        )
         self.momentum_raw = self.add_weight(name="momentum", shape=(), initializer=const(logit(momentum_init)))
-        self.momentum_logits = self.add_weight(name="momentum_logits", shape=(self.read_steps - 1,),
-                                               initializer=const(logit(momentum_decay_init)))
+        self.momentum_logits = self.add_weight(
+            name="momentum_logits", shape=(self.read_steps - 1,), initializer=const(logit(momentum_decay_init))
+        )
         self.built = True
 
     # ------------------------------------------------------------------ learned schedules
@@ -238,8 +263,9 @@ class EnergyMemory(keras.Model):
         x = self._cast(patterns, "patterns")
         e, gx = self._energy_grad_x(state.weights, x)
         gradnorm = tf.reduce_mean(tf.reduce_sum(tf.reshape(tf.square(gx), [tf.shape(gx)[0], -1]), -1))
-        prior = tf.add_n([tf.reduce_sum(tf.square(state.weights[n] - v))
-                          for n, v in zip(self.memory_names, self.theta_bar)])
+        prior = tf.add_n(
+            [tf.reduce_sum(tf.square(state.weights[n] - v)) for n, v in zip(self.memory_names, self.theta_bar)]
+        )
         return tf.reduce_mean(e) + self.alpha() * gradnorm + self.beta() * prior
 
     # ------------------------------------------------------------------ read (eq. 1, Appendix B)
@@ -261,8 +287,10 @@ class EnergyMemory(keras.Model):
             def clamp(x):
                 return x * keep + q_known
         else:
+
             def clamp(x):
                 return x
+
         gammas, psis = self.read_steps_schedule(), self.momentum_schedule()
         x, v = q, tf.zeros_like(q)
         iterates = []
@@ -281,8 +309,9 @@ class EnergyMemory(keras.Model):
     def reconstruction_loss(self, patterns, iterates):
         """B.4: ``sum_k mean_i ||x_i - x_i^(k)||^2``; also returns the per-step terms ``[K]``."""
         x = self._cast(patterns, "patterns")
-        per_step = tf.stack([tf.reduce_mean(tf.reduce_sum(
-            tf.reshape(tf.square(x - it), [tf.shape(x)[0], -1]), -1)) for it in iterates])
+        per_step = tf.stack(
+            [tf.reduce_mean(tf.reduce_sum(tf.reshape(tf.square(x - it), [tf.shape(x)[0], -1]), -1)) for it in iterates]
+        )
         return tf.reduce_sum(per_step), per_step
 
     def call(self, patterns, queries=None, mask=None):
@@ -298,9 +327,14 @@ class EnergyMemory(keras.Model):
     # ------------------------------------------------------------------ serialization
     def get_config(self):
         config = super().get_config()
-        config.update(energy=keras.saving.serialize_keras_object(self.energy_net),
-                      write_steps=self.write_steps, read_steps=self.read_steps,
-                      data_range=list(self.data_range), first_order=self.first_order, **self._init)
+        config.update(
+            energy=keras.saving.serialize_keras_object(self.energy_net),
+            write_steps=self.write_steps,
+            read_steps=self.read_steps,
+            data_range=list(self.data_range),
+            first_order=self.first_order,
+            **self._init,
+        )
         return config
 
     @classmethod

@@ -15,10 +15,10 @@ so that the caller can refuse non-finite gradients before anything is applied.
 
 from __future__ import annotations
 
-import gin
 import keras
 import tensorflow as tf
 
+import gin
 from ebmm_tf.memory import EnergyMemory
 
 __all__ = ["MetaLearner", "meta_loss"]
@@ -51,8 +51,16 @@ class MetaLearner:
       jit_compile: compile the gradient computation with XLA.
     """
 
-    def __init__(self, memory: EnergyMemory, learning_rate=5e-5, weight_decay=1e-6, clip_norm=0.05,
-                 strategy=None, first_order=None, jit_compile=False):
+    def __init__(
+        self,
+        memory: EnergyMemory,
+        learning_rate=5e-5,
+        weight_decay=1e-6,
+        clip_norm=0.05,
+        strategy=None,
+        first_order=None,
+        jit_compile=False,
+    ):
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
         if clip_norm is not None and clip_norm <= 0:
@@ -114,6 +122,7 @@ class MetaLearner:
         if not bool(tf.math.is_finite(metrics["loss"])) or not bool(tf.math.is_finite(metrics["grad_norm"])):
             raise FloatingPointError(
                 f"Non-finite meta-loss ({float(metrics['loss'])}) or gradient norm "
-                f"({float(metrics['grad_norm'])}) at step {int(self.iterations.numpy())}; nothing was applied.")
+                f"({float(metrics['grad_norm'])}) at step {int(self.iterations.numpy())}; nothing was applied."
+            )
         self.apply_gradients(grads)
         return metrics

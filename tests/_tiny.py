@@ -32,18 +32,30 @@ def tiny_rnn(dtype="float64", **kw):
 
 
 def tiny_conv(dtype="float64", **kw):
-    return ebmm_tf.ResNetConvEnergy(pattern_shape=(8, 8, 1), channels=2, hidden_size=3, dynamic_size=2,
-                                    head_size=4, hops=2, dtype=dtype, **kw)
+    return ebmm_tf.ResNetConvEnergy(
+        pattern_shape=(8, 8, 1), channels=2, hidden_size=3, dynamic_size=2, head_size=4, hops=2, dtype=dtype, **kw
+    )
 
 
 def tiny_fc(dtype="float64", **kw):
-    return ebmm_tf.ResNetFCEnergy(pattern_shape=(8, 8, 1), channels=2, hidden_size=4, representation_size=6,
-                                  dynamic_size=2, encoding_size=4, head_size=4, hops=2, dtype=dtype, **kw)
+    return ebmm_tf.ResNetFCEnergy(
+        pattern_shape=(8, 8, 1),
+        channels=2,
+        hidden_size=4,
+        representation_size=6,
+        dynamic_size=2,
+        encoding_size=4,
+        head_size=4,
+        hops=2,
+        dtype=dtype,
+        **kw,
+    )
 
 
 def tiny_lower(dtype="float64", **kw):
-    return ebmm_tf.ResNetLowerConvEnergy(pattern_shape=(8, 8, 1), channels=2, hidden_size=3, dynamic_size=1,
-                                         head_size=4, hops=2, dtype=dtype, **kw)
+    return ebmm_tf.ResNetLowerConvEnergy(
+        pattern_shape=(8, 8, 1), channels=2, hidden_size=3, dynamic_size=1, head_size=4, hops=2, dtype=dtype, **kw
+    )
 
 
 def episode(shape, n, data_range=(0.0, 1.0), seed=0, dtype=np.float64, clamp=False):
@@ -51,8 +63,10 @@ def episode(shape, n, data_range=(0.0, 1.0), seed=0, dtype=np.float64, clamp=Fal
     rng = np.random.default_rng(seed)
     lo, hi = data_range
     pad = 0.1 * (hi - lo)
-    ep = {"patterns": rng.uniform(lo + pad, hi - pad, size=(n,) + tuple(shape)).astype(dtype),
-          "queries": rng.uniform(lo + pad, hi - pad, size=(n,) + tuple(shape)).astype(dtype)}
+    ep = {
+        "patterns": rng.uniform(lo + pad, hi - pad, size=(n,) + tuple(shape)).astype(dtype),
+        "queries": rng.uniform(lo + pad, hi - pad, size=(n,) + tuple(shape)).astype(dtype),
+    }
     if clamp:
         ep["clamp"] = (rng.uniform(size=(n,) + tuple(shape)) < 0.5).astype(dtype)
     return ep

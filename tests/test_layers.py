@@ -40,7 +40,9 @@ def _grad_and_fd(objective, p, eps=1e-6):
         e = np.zeros(base.size)
         e[i] = eps
         e = e.reshape(base.shape)
-        fd.ravel()[i] = (objective(tf.constant(base + e)).numpy() - objective(tf.constant(base - e)).numpy()) / (2 * eps)
+        fd.ravel()[i] = (objective(tf.constant(base + e)).numpy() - objective(tf.constant(base - e)).numpy()) / (
+            2 * eps
+        )
     return analytic, fd
 
 
@@ -50,8 +52,12 @@ def _rel_err(a, b):
 
 def _problem(seed=0):
     rng = np.random.default_rng(seed)
-    return (tf.constant(rng.normal(size=(3, 4)), tf.float64), tf.constant(rng.normal(size=(3, 6)), tf.float64),
-            tf.constant(rng.normal(size=(4, 6)), tf.float64), rng)
+    return (
+        tf.constant(rng.normal(size=(3, 4)), tf.float64),
+        tf.constant(rng.normal(size=(3, 6)), tf.float64),
+        tf.constant(rng.normal(size=(4, 6)), tf.float64),
+        rng,
+    )
 
 
 def test_layernorm_third_order_gradients_match_finite_differences():

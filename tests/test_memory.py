@@ -5,10 +5,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _tiny import OneLayerEnergy, episode, tiny_conv, tiny_fc, tiny_lower, tiny_rnn
 
 import ebmm_tf
 from ebmm_tf.memory import inverse_softplus
-from _tiny import OneLayerEnergy, episode, tiny_conv, tiny_fc, tiny_lower, tiny_rnn
 
 
 # ---------------------------------------------------------------------------------------------------- write rule
@@ -16,17 +16,19 @@ def _numpy_write(x, m0, b0, v, rates, alpha, beta):
     """Eq. (4) for E(x) = v . tanh(x M + b), with every gradient derived by hand."""
     m, b = m0.copy(), b0.copy()
     n = len(x)
-    for r in rates:                       # r = (energy, gradient, prior) rates of the single layer
-        a = np.tanh(x @ m + b)            # [N, h]
-        u = v * (1 - a ** 2)              # dE/ds
+    for r in rates:  # r = (energy, gradient, prior) rates of the single layer
+        a = np.tanh(x @ m + b)  # [N, h]
+        u = v * (1 - a**2)  # dE/ds
         ge_m, ge_b = x.T @ u / n, u.mean(0)
-        gx = u @ m.T                      # grad_x E  [N, d]
-        du = v * (-2 * a * (1 - a ** 2))  # d u / d s
+        gx = u @ m.T  # grad_x E  [N, d]
+        du = v * (-2 * a * (1 - a**2))  # d u / d s
         w = 2 * (gx @ m) * du
         gg_m = (2 * gx.T @ u + x.T @ w) / n
         gg_b = w.mean(0)
-        m, b = (m - r[0] * ge_m - r[1] * alpha * gg_m - r[2] * 2 * beta * (m - m0),
-                b - r[0] * ge_b - r[1] * alpha * gg_b - r[2] * 2 * beta * (b - b0))
+        m, b = (
+            m - r[0] * ge_m - r[1] * alpha * gg_m - r[2] * 2 * beta * (m - m0),
+            b - r[0] * ge_b - r[1] * alpha * gg_b - r[2] * 2 * beta * (b - b0),
+        )
     return m, b
 
 
@@ -34,8 +36,9 @@ def _numpy_write(x, m0, b0, v, rates, alpha, beta):
 def test_write_steps_equal_hand_computed_updates(steps):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    mem = ebmm_tf.EnergyMemory(OneLayerEnergy(dim=5, hidden=4, dtype="float64"), write_steps=steps,
-                               read_steps=1, dtype="float64")
+    mem = ebmm_tf.EnergyMemory(
+        OneLayerEnergy(dim=5, hidden=4, dtype="float64"), write_steps=steps, read_steps=1, dtype="float64"
+    )
     rates = rng.uniform(0.05, 0.3, size=(steps, 1, 3))
     mem.write_rates_raw.assign(np.vectorize(inverse_softplus)(rates))
     mem.alpha_raw.assign(inverse_softplus(0.7))
@@ -43,8 +46,15 @@ def test_write_steps_equal_hand_computed_updates(steps):
     mem.theta_bar[1].assign(rng.normal(size=4) * 0.1)
     x = rng.normal(size=(6, 5))
     state = mem.write(x)
-    m, b = _numpy_write(x, mem.theta_bar[0].numpy(), mem.theta_bar[1].numpy(),
-                        mem.energy_net.out.kernel.numpy()[:, 0], rates[:, 0], 0.7, 1.3)
+    m, b = _numpy_write(
+        x,
+        mem.theta_bar[0].numpy(),
+        mem.theta_bar[1].numpy(),
+        mem.energy_net.out.kernel.numpy()[:, 0],
+        rates[:, 0],
+        0.7,
+        1.3,
+    )
     np.testing.assert_allclose(state.weights["memory/kernel"].numpy(), m, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(state.weights["memory/bias"].numpy(), b, rtol=1e-10, atol=1e-12)
 
@@ -95,8 +105,18 @@ def _directional_check(mem, ep, direction_groups, seed=0, eps=1e-7):
 
 def _groups(mem):
     theta_bar = {id(v) for v in mem.theta_bar}
-    rates = {id(v) for v in (mem.write_rates_raw, mem.alpha_raw, mem.beta_raw, mem.read_step_raw,
-                             mem.read_step_logits, mem.momentum_raw, mem.momentum_logits)}
+    rates = {
+        id(v)
+        for v in (
+            mem.write_rates_raw,
+            mem.alpha_raw,
+            mem.beta_raw,
+            mem.read_step_raw,
+            mem.read_step_logits,
+            mem.momentum_raw,
+            mem.momentum_logits,
+        )
+    }
     return {
         "all": lambda v: True,
         "theta_bar": lambda v: id(v) in theta_bar,
@@ -105,23 +125,36 @@ def _groups(mem):
     }
 
 
-@pytest.mark.parametrize("make_energy,shape,data_range,clamp", [
-    (tiny_rnn, (6,), (-1.0, 1.0), True),       # dense writable layer, clamped read
-    (tiny_conv, (8, 8, 1), (0.0, 1.0), False),  # convolutional writable layers
-], ids=["dense", "conv"])
+@pytest.mark.parametrize(
+    "make_energy,shape,data_range,clamp",
+    [
+        (tiny_rnn, (6,), (-1.0, 1.0), True),  # dense writable layer, clamped read
+        (tiny_conv, (8, 8, 1), (0.0, 1.0), False),  # convolutional writable layers
+    ],
+    ids=["dense", "conv"],
+)
 def test_meta_gradient_matches_central_finite_differences(make_energy, shape, data_range, clamp):
     keras.utils.set_random_seed(2)
-    mem = ebmm_tf.EnergyMemory(make_energy(), write_steps=2, read_steps=2, data_range=data_range,
-                               write_rate_init=0.05, read_step_init=0.05, dtype="float64")
+    mem = ebmm_tf.EnergyMemory(
+        make_energy(),
+        write_steps=2,
+        read_steps=2,
+        data_range=data_range,
+        write_rate_init=0.05,
+        read_step_init=0.05,
+        dtype="float64",
+    )
     ep = episode(shape, 3, data_range, seed=3, clamp=clamp)
     errors = _directional_check(mem, ep, _groups(mem))
     assert max(errors.values()) < 1e-4, errors
 
 
 # ---------------------------------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("make_energy,shape", [
-    (tiny_rnn, (6,)), (tiny_fc, (8, 8, 1)), (tiny_conv, (8, 8, 1)), (tiny_lower, (8, 8, 1))],
-    ids=["rnn", "fc", "conv", "lower_conv"])
+@pytest.mark.parametrize(
+    "make_energy,shape",
+    [(tiny_rnn, (6,)), (tiny_fc, (8, 8, 1)), (tiny_conv, (8, 8, 1)), (tiny_lower, (8, 8, 1))],
+    ids=["rnn", "fc", "conv", "lower_conv"],
+)
 def test_every_trainable_variable_gets_a_meta_gradient(make_energy, shape):
     keras.utils.set_random_seed(3)
     mem = ebmm_tf.EnergyMemory(make_energy(dtype="float32"), write_steps=2, read_steps=2, write_rate_init=1e-2)
@@ -154,16 +187,17 @@ def test_first_order_changes_the_meta_gradient_and_is_cheaper():
     full, full_ops = _gradients_and_graph_size(mem, ep, first_order=False)
     first, first_ops = _gradients_and_graph_size(mem, ep, first_order=True)
     diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(full, first)))
-    norm = np.sqrt(sum(np.sum(a ** 2) for a in full))
+    norm = np.sqrt(sum(np.sum(a**2) for a in full))
     assert diff > 1e-3 * norm
-    assert first_ops < 0.8 * full_ops, (first_ops, full_ops)   # fewer ops in the compiled meta-gradient
+    assert first_ops < 0.8 * full_ops, (first_ops, full_ops)  # fewer ops in the compiled meta-gradient
 
 
 # ---------------------------------------------------------------------------------------------------- read
 def test_read_schedules_are_non_increasing_and_clamped_dimensions_stay():
     keras.utils.set_random_seed(5)
-    mem = ebmm_tf.EnergyMemory(tiny_rnn(), write_steps=1, read_steps=4, data_range=(-1.0, 1.0),
-                               read_step_init=0.5, dtype="float64")
+    mem = ebmm_tf.EnergyMemory(
+        tiny_rnn(), write_steps=1, read_steps=4, data_range=(-1.0, 1.0), read_step_init=0.5, dtype="float64"
+    )
     mem.read_step_logits.assign([3.0, -1.0, 0.5])
     gammas, psis = mem.read_steps_schedule().numpy(), mem.momentum_schedule().numpy()
     assert np.all(np.diff(gammas) <= 0) and np.all(np.diff(psis) <= 0) and gammas[0] == pytest.approx(0.5)
@@ -180,9 +214,14 @@ def test_reading_a_trained_memory_moves_distorted_queries_towards_the_originals(
     """Meta-train a tiny binary-string memory for a few steps, then check retrieval on fresh episodes."""
     keras.utils.set_random_seed(6)
     dim, n = 16, 4
-    mem = ebmm_tf.EnergyMemory(ebmm_tf.GatedRNNEnergy(input_size=dim, hidden_size=32, hops=2, dynamic_size=8),
-                               write_steps=2, read_steps=3, data_range=(-1.0, 1.0), write_rate_init=0.1,
-                               read_step_init=0.5)
+    mem = ebmm_tf.EnergyMemory(
+        ebmm_tf.GatedRNNEnergy(input_size=dim, hidden_size=32, hops=2, dynamic_size=8),
+        write_steps=2,
+        read_steps=3,
+        data_range=(-1.0, 1.0),
+        write_rate_init=0.1,
+        read_step_init=0.5,
+    )
     learner = ebmm_tf.MetaLearner(mem, learning_rate=1e-2, clip_norm=1.0)
     rng = np.random.default_rng(0)
 
@@ -229,7 +268,7 @@ def test_keras_file_round_trip_reproduces_energies_exactly(tmp_path, make_energy
     keras.utils.set_random_seed(7)
     mem = ebmm_tf.EnergyMemory(make_energy(dtype="float32"), write_steps=2, read_steps=2, write_rate_init=0.02)
     rng = np.random.default_rng(0)
-    for v in mem.trainable_variables:        # move every variable away from its initial value
+    for v in mem.trainable_variables:  # move every variable away from its initial value
         v.assign(v.numpy() + rng.normal(size=v.shape).astype(np.float32) * 0.01)
     ep = episode(shape, 3, seed=8, dtype=np.float32)
     path = tmp_path / "memory.keras"
