@@ -164,6 +164,8 @@ class BinaryStringProtocol:
     Patterns are [N, D] (or [N, ...], flattened per pattern) with values in {-1, +1}.
     """
 
+    clamps = True  # retrieval must clamp the kept bits (the trainer and evaluator pass ``clamp`` as the read mask)
+
     def __init__(self, num_known: int = 64):
         if num_known < 0:
             raise ValueError(f"num_known must be >= 0, got {num_known}")

@@ -100,10 +100,11 @@ class GatedRNNEnergy(EnergyNetwork):
     the 8,256-float Hopfield budget).
     """
 
-    def __init__(self, input_size=128, hidden_size=1024, hops=5, dynamic_size=None, **kwargs):
+    def __init__(self, input_size=128, hidden_size=1024, hops=5, dynamic_size=None, pattern_shape=None, **kwargs):
         kwargs.setdefault("name", "gated_rnn_energy")
-        pattern_shape = kwargs.pop("pattern_shape", (input_size,))
-        super().__init__(pattern_shape=pattern_shape, **kwargs)
+        if pattern_shape is not None and tuple(pattern_shape) != (input_size,):
+            raise ValueError(f"pattern_shape {tuple(pattern_shape)} does not match input_size {input_size}")
+        super().__init__(pattern_shape=(input_size,), **kwargs)
         dynamic_size = (input_size - 1) // 2 if dynamic_size is None else int(dynamic_size)
         if not 0 < dynamic_size < hidden_size:
             raise ValueError(f"dynamic_size must be in (0, hidden_size={hidden_size}), got {dynamic_size}")

@@ -45,6 +45,7 @@ def make_episodes(
     *,
     tfds_data_dir=None,
     with_indices: bool = False,
+    start: int = 0,
 ) -> tf.data.Dataset:
     """Infinite dataset of episodes ``{"patterns", "queries", "corrupted", "clamp"}`` (float32, [N, ...]).
 
@@ -123,6 +124,6 @@ def make_episodes(
             out["indices"] = tf.cast(idx, tf.int32)
         return out
 
-    ds = tf.data.Dataset.counter(dtype=tf.int64)
+    ds = tf.data.Dataset.counter(start=int(start), dtype=tf.int64)
     ds = ds.map(episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(2)

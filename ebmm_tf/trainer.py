@@ -1,0 +1,490 @@
+r"""The meta-training loop behind ``python -m ebmm_tf.train`` (see ``ebmm_tf/train.py`` for the CLI).
+
+gin does the wiring: the gin file binds the experiment (``Experiment``), the energy network, the memory,
+the distortion and the optimiser; ``--gin_param`` overrides single bindings. Unknown or misspelt bindings
+fail before any work (``skip_unknown=False``).
+
+Workdir layout (a run started again with the same workdir resumes where it stopped):
+
+* ``operative_config.gin``: the configuration actually used (written once the run is configured);
+* ``checkpoints/``: ``tf.train.CheckpointManager`` checkpoints of the memory (theta_bar, static weights,
+  every learned rate), the optimiser state and the step counter. Episode ``i`` of the data stream is a pure
+  function of ``(seed, i)``, so the step counter is the data iterator's state (no RNG state elsewhere);
+* ``best/memory.keras`` + ``best/metrics.json``: the model with the best validation error so far;
+  ``latest/memory.keras``: the model at the end of the last run;
+* ``metrics.jsonl``: one line per training step (loss, per-read-step losses, gradient norm) and per
+  validation; ``tb/``: TensorBoard summaries (``tensorboard --logdir DIR/tb``).
+
+A NaN or Inf in the loss or the gradients stops the run before anything is applied; the last good
+checkpoint stays. SIGINT / SIGTERM save a checkpoint before exiting; SIGKILL loses at most the steps since
+the last checkpoint (``checkpoint_every`` steps or ``checkpoint_secs`` seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import gin
+from ebmm_tf import (
+    configurables,
+    distortions,  # noqa: F401  (registers the distortions with gin)
+)
+from ebmm_tf import data as data_lib
+from ebmm_tf import metrics as metrics_lib
+from ebmm_tf.energies import EnergyNetwork
+from ebmm_tf.meta import MetaLearner
+
+logger = logging.getLogger("ebmm_tf.train")
+
+__all__ = ["Experiment", "make_strategy", "parse_gin", "error_metric", "summary_text"]
+
+# Sources whose patterns are binary: evaluated with the Hamming error after binarization (paper 4.1, A.2);
+# the others with the squared error (4.2, 4.3).
+_BINARY_SOURCES = ("binary_strings", "omniglot", "mnist", "sklearn_digits")
+
+
+def error_metric(source: str) -> str:
+    return "hamming" if source in _BINARY_SOURCES else "squared"
+
+
+def per_pattern_error(source, originals, retrieved):
+    if error_metric(source) == "hamming":
+        return metrics_lib.hamming_error(originals, retrieved, data_lib.data_range(source))
+    return metrics_lib.squared_error(originals, retrieved)
+
+
+def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
+    """``auto``: MultiWorkerMirrored if ``TF_CONFIG`` names several workers, Mirrored on several GPUs (or
+    several logical CPU devices when ``kind == "mirrored"``), else the default strategy."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    if kind == "multi_worker" or (kind == "auto" and workers > 1):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
+        return tf.distribute.MirroredStrategy(devices)
+    if kind == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    if kind not in ("auto", "default"):
+        raise ValueError(f"strategy must be auto, default, mirrored or multi_worker; got {kind!r}")
+    return tf.distribute.get_strategy()
+
+
+def _atomic_write_text(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_save_keras(model, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), ".tmp_" + os.path.basename(path))
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+@gin.configurable(module="ebmm_tf.train")
+class Experiment:
+    """One EBMM meta-training experiment: data, model, optimiser, checkpoints, summaries, validation.
+
+    Args:
+      workdir: output directory (see the module docstring); resumed if it holds checkpoints.
+      energy: an ``EnergyNetwork`` class or factory (gin: ``@GatedRNNEnergy``), called with
+        ``pattern_shape`` and the gin bindings.
+      source: data source (``ebmm_tf.data.SOURCES``).
+      num_patterns: N, patterns per written episode.
+      distortion: a callable ``(patterns, seed) -> Distorted`` (``ebmm_tf.distortions``) used to make queries.
+      num_steps: total meta-training steps (a resumed run continues up to this number).
+      seed: seed of the model initialisation and of the training data stream.
+      data_dir: dataset directory (default ``$EBMM_DATA_DIR``; see ``ebmm_tf.data``).
+      sampler, num_classes: episode sampler (``uniform`` or A.7's ``correlated`` with ``num_classes``).
+      validation_split, validation_episodes, validation_every, validation_seed: held-out episodes used to pick
+        the best model. They come from a seed stream distinct from the training stream and from
+        ``ebmm_tf.evaluate``'s default seed.
+      checkpoint_every, checkpoint_secs, keep_checkpoints: checkpoint cadence (steps or seconds, whichever first).
+      log_every, summary_every, image_every: cadences of log lines / scalar summaries / image grids (steps).
+      strategy: ``auto``, ``default``, ``mirrored`` or ``multi_worker`` (see ``make_strategy``).
+      deterministic: enable TF op determinism (identical losses after a resume; a little slower).
+      progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        workdir,
+        energy=gin.REQUIRED,
+        source=gin.REQUIRED,
+        num_patterns=gin.REQUIRED,
+        distortion=None,
+        num_steps=1000,
+        seed=0,
+        data_dir=None,
+        sampler="uniform",
+        num_classes=2,
+        validation_split="test",
+        validation_episodes=20,
+        validation_every=250,
+        validation_seed=10_007,
+        checkpoint_every=250,
+        checkpoint_secs=300.0,
+        keep_checkpoints=3,
+        log_every=50,
+        summary_every=10,
+        image_every=500,
+        strategy="auto",
+        deterministic=True,
+        progress=True,
+    ):
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        if source not in data_lib.SOURCES:
+            raise ValueError(f"Unknown source {source!r}; expected one of {data_lib.SOURCES}")
+        self.workdir = os.path.abspath(workdir)
+        self.source, self.num_patterns, self.distortion = source, int(num_patterns), distortion
+        self.num_steps, self.seed, self.data_dir = int(num_steps), int(seed), data_dir
+        self.sampler, self.num_classes = sampler, num_classes
+        self.validation_split, self.validation_episodes = validation_split, int(validation_episodes)
+        self.validation_every, self.validation_seed = int(validation_every), int(validation_seed)
+        self.checkpoint_every, self.checkpoint_secs = int(checkpoint_every), float(checkpoint_secs)
+        self.log_every, self.summary_every, self.image_every = int(log_every), int(summary_every), int(image_every)
+        self.progress = progress
+        self.clamps = bool(getattr(distortion, "clamps", False))
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(self.seed)
+
+        # ------------------------------------------------------------------ strategy, model, optimiser
+        self.strategy = make_strategy(strategy)
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        self.is_chief = (
+            resolver is None
+            or resolver.task_type in (None, "chief")
+            or (resolver.task_type == "worker" and resolver.task_id == 0)
+        )
+        pattern_shape = data_lib.pattern_shape(source)
+        with self.strategy.scope():
+            net = energy(pattern_shape=pattern_shape)
+            if not isinstance(net, EnergyNetwork):
+                raise TypeError(f"energy must build an EnergyNetwork, got {type(net).__name__}")
+            self.memory = configurables.EnergyMemory(net, data_range=data_lib.data_range(source))
+            self.learner = MetaLearner(self.memory, strategy=self.strategy)
+        logger.info(
+            "%s on %s: memory size %d floats, %d trainable variables, %d replica(s).",
+            net.name,
+            source,
+            self.memory.memory_size(),
+            len(self.memory.trainable_variables),
+            self.num_replicas,
+        )
+
+        # ------------------------------------------------------------------ checkpoints
+        ckpt_dir = os.path.join(self.workdir, "checkpoints")
+        if not self.is_chief:  # every worker must save; non-chief workers write to a scratch directory
+            ckpt_dir = os.path.join(self.workdir, "scratch", f"worker_{resolver.task_id}")
+        self.checkpoint = tf.train.Checkpoint(memory=self.memory, optimizer=self.learner.optimizer)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, ckpt_dir, max_to_keep=keep_checkpoints, step_counter=self.learner.iterations
+        )
+        self.restored_step = 0
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.restored_step = int(self.learner.iterations.numpy())
+            logger.info("Resumed from %s (step %d).", self.manager.latest_checkpoint, self.restored_step)
+
+        # ------------------------------------------------------------------ data
+        self.train_data = self._distributed_episodes("train", self.seed, start=self.restored_step * self.num_replicas)
+        self.validation_data = list(
+            self._episodes(self.validation_split, self.validation_seed).take(self.validation_episodes)
+        )
+        self._validate_fn = tf.function(self._validate_episode)
+        self.best = self._read_best()
+        if self.is_chief:
+            _atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
+            self.train_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb", "train"))
+            self.valid_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb", "validation"))
+        else:
+            self.train_writer = self.valid_writer = tf.summary.create_noop_writer()
+
+    # ====================================================================== data
+    def _episodes(self, split, seed, start=0):
+        ds = data_lib.make_episodes(
+            self.source,
+            split,
+            self.num_patterns,
+            distortion=self.distortion,
+            seed=seed,
+            data_dir=self.data_dir,
+            sampler=self.sampler,
+            num_classes=self.num_classes,
+            start=start,
+        )
+        keys = ("patterns", "queries", "clamp") if self.clamps else ("patterns", "queries")
+        return ds.map(lambda ep: {k: ep[k] for k in keys})
+
+    def _distributed_episodes(self, split, seed, start):
+        """One episode per replica and step; episode ``start + step * replicas + replica`` of the stream."""
+
+        def dataset_fn(ctx):
+            ds = self._episodes(split, seed, start + ctx.input_pipeline_id)
+            return ds.shard(ctx.num_input_pipelines, 0) if ctx.num_input_pipelines > 1 else ds
+
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn, options))
+
+    # ====================================================================== validation
+    def _validate_episode(self, episode):
+        memory = self.memory
+        state = memory.write(episode["patterns"])
+        iterates = memory.read(state, episode["queries"], episode.get("clamp"))
+        errors = per_pattern_error(self.source, episode["patterns"], iterates[-1])
+        query_errors = per_pattern_error(self.source, episode["patterns"], episode["queries"])
+        energies = {
+            "stored": memory.energy(state, episode["patterns"]),
+            "distorted": memory.energy(state, episode["queries"]),
+            "retrieved": memory.energy(state, iterates[-1]),
+        }
+        return errors, query_errors, energies, iterates
+
+    def validate(self, step):
+        summary = metrics_lib.ErrorSummary()
+        query_summary = metrics_lib.ErrorSummary()
+        energies = {"stored": [], "distorted": [], "retrieved": []}
+        first = None
+        for episode in self.validation_data:
+            errors, query_errors, e, iterates = self._validate_fn(episode)
+            summary.accumulate(errors.numpy())
+            query_summary.accumulate(query_errors.numpy())
+            for k in energies:
+                energies[k].append(e[k].numpy())
+            if first is None:
+                first = (episode, iterates)
+        result = summary.result()
+        result["query_mean"] = query_summary.result()["mean"]
+        result["metric"] = error_metric(self.source)
+        with self.valid_writer.as_default(step=step):
+            for k in ("mean", "p5", "p95"):
+                tf.summary.scalar(f"error/{result['metric']}_{k}", result[k])
+            tf.summary.scalar(f"error/{result['metric']}_query", result["query_mean"])
+            for k, v in energies.items():
+                tf.summary.scalar(f"energy/{k}", float(np.mean(np.concatenate(v))))
+                tf.summary.histogram(f"energy/{k}", np.concatenate(v))
+            if len(self.memory.energy_net.pattern_shape) == 3 and (
+                self.image_every and step % self.image_every == 0 or step == self.num_steps
+            ):
+                tf.summary.image("retrieval", self._retrieval_grid(*first), step=step)
+        return result
+
+    def _retrieval_grid(self, episode, iterates, rows=4):
+        """Figure 2 style grid: each row is original, query, then every read iterate."""
+        cols = [episode["patterns"][:rows], episode["queries"][:rows]] + [it[:rows] for it in iterates]
+        lo, hi = self.memory.data_range
+        cols = [(tf.convert_to_tensor(c) - lo) / (hi - lo) for c in cols]
+        grid = tf.concat([tf.concat(list(tf.unstack(c)), axis=0) for c in cols], axis=1)  # [rows*H, cols*W, C]
+        return tf.clip_by_value(grid, 0.0, 1.0)[None]
+
+    # ====================================================================== bookkeeping
+    def _read_best(self):
+        path = os.path.join(self.workdir, "best", "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        return None
+
+    def _maybe_save_best(self, step, result):
+        if not self.is_chief:
+            return
+        if self.best is None or result["mean"] < self.best["mean"]:
+            self.best = {"step": step, **result}
+            _atomic_save_keras(self.memory, os.path.join(self.workdir, "best", "memory.keras"))
+            _atomic_write_text(os.path.join(self.workdir, "best", "metrics.json"), json.dumps(self.best, indent=2))
+
+    def _log_metrics(self, record):
+        if self.is_chief:
+            with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics_log(self):
+        """After a resume, drop log lines of steps that the restored checkpoint does not include."""
+        path = os.path.join(self.workdir, "metrics.jsonl")
+        if not self.is_chief or not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = [line for line in f if line.strip() and json.loads(line)["step"] <= self.restored_step]
+        _atomic_write_text(path, "".join(lines))
+
+    def _rate_summaries(self):
+        mem = self.memory
+        rates = mem.write_rates().numpy()
+        for t in range(rates.shape[0]):
+            for layer in range(rates.shape[1]):
+                for term, name in enumerate(("energy", "gradient", "prior")):
+                    tf.summary.scalar(f"write_rate/step{t + 1}/layer{layer}/{name}", rates[t, layer, term])
+        tf.summary.scalar("write/alpha", mem.alpha())
+        tf.summary.scalar("write/beta", mem.beta())
+        for k, (g, p) in enumerate(zip(mem.read_steps_schedule().numpy(), mem.momentum_schedule().numpy())):
+            tf.summary.scalar(f"read/step_size_{k + 1}", g)
+            tf.summary.scalar(f"read/momentum_{k + 1}", p)
+
+    def save_checkpoint(self):
+        step = int(self.learner.iterations.numpy())
+        path = self.manager.save(checkpoint_number=step)
+        logger.info("Saved checkpoint %s.", path)
+        return path
+
+    # ====================================================================== loop
+    def run(self):
+        """Meta-trains up to ``num_steps``; returns a summary dict (first/last validation, best, wall time)."""
+        self._truncate_metrics_log()
+        step = self.restored_step
+        start_time = time.time()
+        first_validation = None
+        if step == 0 and self.validation_every:
+            first_validation = self.validate(0)
+            self._log_metrics({"step": 0, "validation": first_validation})
+            logger.info(
+                "step 0: validation %s error %.3f (query %.3f)",
+                first_validation["metric"],
+                first_validation["mean"],
+                first_validation["query_mean"],
+            )
+        last_validation = first_validation
+        stop_signal = []
+
+        def on_signal(signum, _frame):
+            stop_signal.append(signum)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = None
+        if self.progress and self.is_chief:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=self.num_steps,
+                initial=step,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=2.0,
+                desc="meta-training",
+                file=sys.stderr,
+            )
+        last_ckpt_time, last_ckpt_step = time.time(), step
+        try:
+            while step < self.num_steps and not stop_signal:
+                episodes = next(self.train_data)
+                try:
+                    m = self.learner.train_step(episodes)
+                except FloatingPointError as err:
+                    raise FloatingPointError(
+                        f"{err} Training stopped at step {step + 1}; the last good checkpoint is "
+                        f"{self.manager.latest_checkpoint} (nothing after it was saved)."
+                    ) from None
+                step += 1
+                loss = float(m["loss"])
+                record = {
+                    "step": step,
+                    "loss": loss,
+                    "grad_norm": float(m["grad_norm"]),
+                    "per_step": [float(v) for v in m["per_step"].numpy()],
+                }
+                self._log_metrics(record)
+                if self.summary_every and step % self.summary_every == 0:
+                    with self.train_writer.as_default(step=step):
+                        tf.summary.scalar("meta_loss/total", loss)
+                        for k, v in enumerate(record["per_step"]):
+                            tf.summary.scalar(f"meta_loss/read_step_{k + 1}", v)
+                        tf.summary.scalar("grad_norm", record["grad_norm"])
+                        self._rate_summaries()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                if self.log_every and step % self.log_every == 0:
+                    logger.info("step %d: meta-loss %.4f, grad norm %.3f", step, loss, record["grad_norm"])
+                if self.validation_every and (step % self.validation_every == 0 or step == self.num_steps):
+                    last_validation = self.validate(step)
+                    self._log_metrics({"step": step, "validation": last_validation})
+                    self._maybe_save_best(step, last_validation)
+                    logger.info(
+                        "step %d: validation %s error %.3f [p5 %.3f, p95 %.3f] (query %.3f)",
+                        step,
+                        last_validation["metric"],
+                        last_validation["mean"],
+                        last_validation["p5"],
+                        last_validation["p95"],
+                        last_validation["query_mean"],
+                    )
+                if step % self.checkpoint_every == 0 or time.time() - last_ckpt_time > self.checkpoint_secs:
+                    self.save_checkpoint()
+                    last_ckpt_time, last_ckpt_step = time.time(), step
+        finally:
+            if bar is not None:
+                bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if step != last_ckpt_step:
+            self.save_checkpoint()
+        if self.is_chief:
+            _atomic_save_keras(self.memory, os.path.join(self.workdir, "latest", "memory.keras"))
+            _atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
+        self.train_writer.flush()
+        self.valid_writer.flush()
+        if stop_signal:
+            logger.warning("Stopped by signal %d at step %d; checkpoint saved, rerun to resume.", stop_signal[0], step)
+        return {
+            "step": step,
+            "first_validation": first_validation,
+            "last_validation": last_validation,
+            "best": self.best,
+            "wall_seconds": time.time() - start_time,
+            "interrupted": bool(stop_signal),
+        }
+
+
+_SEARCH_PATHS = set()
+
+
+def parse_gin(gin_files, gin_params, skip_unknown=False):
+    """Parses gin files and bindings; ``skip_unknown=False`` makes a misspelt binding fail right away."""
+    for f in gin_files or []:
+        if not os.path.exists(f):
+            raise FileNotFoundError(f"gin file not found: {f}")
+        # `include 'base/x.gin'` resolves against the nearest ancestor folder that holds base/ (gin/)
+        root = os.path.dirname(os.path.abspath(f))
+        while not os.path.isdir(os.path.join(root, "base")) and os.path.dirname(root) != root:
+            root = os.path.dirname(root)
+        if root not in _SEARCH_PATHS:
+            gin.add_config_file_search_path(root)
+            _SEARCH_PATHS.add(root)
+    gin.parse_config_files_and_bindings(gin_files, gin_params, skip_unknown=skip_unknown)
+
+
+def summary_text(result, workdir):
+    lines = [f"Finished at step {result['step']} in {result['wall_seconds']:.0f} s."]
+    first, last = result["first_validation"], result["last_validation"]
+    if first:
+        lines.append(
+            f"Validation {first['metric']} error at step 0: {first['mean']:.3f} (query: {first['query_mean']:.3f})"
+        )
+    if last:
+        lines.append(
+            f"Validation {last['metric']} error now: {last['mean']:.3f} [p5 {last['p5']:.3f}, p95 {last['p95']:.3f}]"
+        )
+    if result["best"]:
+        lines.append(
+            f"Best: {result['best']['mean']:.3f} at step {result['best']['step']} -> {workdir}/best/memory.keras"
+        )
+    lines.append(f"TensorBoard: tensorboard --logdir {workdir}/tb")
+    return "\n".join(lines)
