@@ -24,6 +24,12 @@ import keras  # noqa: E402
 
 import ebmm_tf  # noqa: E402
 
+# Collective ops must be configured before any other TensorFlow work in the process.
+if mode == "mirrored":
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+else:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+
 
 def build(strategy):
     keras.utils.set_random_seed(0)
@@ -55,10 +61,6 @@ assert float(tf.linalg.global_norm(mean)) > 0.5, "the clip must be active for th
 learner_ref.apply_gradients(mean)
 reference = [v.numpy() for v in mem_ref.trainable_variables]
 
-if mode == "mirrored":
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-else:
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
 mem, learner = build(strategy)
 worker = strategy.cluster_resolver.task_id if mode != "mirrored" else 0
 if mode == "mirrored":
