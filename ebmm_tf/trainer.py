@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -42,6 +43,7 @@ from ebmm_tf import (
 from ebmm_tf import data as data_lib
 from ebmm_tf import metrics as metrics_lib
 from ebmm_tf.energies import EnergyNetwork
+from ebmm_tf.memory import EnergyMemory
 from ebmm_tf.meta import MetaLearner
 
 logger = logging.getLogger("ebmm_tf.train")
@@ -104,7 +106,7 @@ class Experiment:
     Args:
       workdir: output directory (see the module docstring); resumed if it holds checkpoints.
       energy: an ``EnergyNetwork`` class or factory (gin: ``@GatedRNNEnergy``), called with
-        ``pattern_shape`` and the gin bindings.
+        ``pattern_shape`` and the gin bindings. Required unless ``model`` builds a model without one.
       source: data source (``ebmm_tf.data.SOURCES``).
       num_patterns: N, patterns per written episode.
       distortion: a callable ``(patterns, seed) -> Distorted`` (``ebmm_tf.distortions``) used to make queries.
@@ -120,12 +122,17 @@ class Experiment:
       strategy: ``auto``, ``default``, ``mirrored`` or ``multi_worker`` (see ``make_strategy``).
       deterministic: enable TF op determinism (identical losses after a resume; a little slower).
       progress: show a progress bar.
+      model: optional factory of the meta-trained model, called as
+        ``model(energy_net_or_None, pattern_shape=..., data_range=...)``; default None = ``EnergyMemory``
+        (gin: ``@EnergyMemory`` bindings). Baselines with EnergyMemory's interface (``write``, ``read``,
+        ``recall``, ``reconstruction_loss``, ``memory_size``, ``data_range``, ``pattern_shape``), e.g.
+        ``@DenoisingAutoEncoder`` or ``@MemoryNetwork`` of ``ebmm_tf.baselines``, are meta-trained the same way.
     """
 
     def __init__(
         self,
         workdir,
-        energy=gin.REQUIRED,
+        energy=None,
         source=gin.REQUIRED,
         num_patterns=gin.REQUIRED,
         distortion=None,
@@ -147,6 +154,7 @@ class Experiment:
         strategy="auto",
         deterministic=True,
         progress=True,
+        model=None,
     ):
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
@@ -176,15 +184,21 @@ class Experiment:
             or (resolver.task_type == "worker" and resolver.task_id == 0)
         )
         pattern_shape = data_lib.pattern_shape(source)
+        if energy is None and model is None:
+            raise ValueError("Experiment.energy is required (or Experiment.model for a model without energy)")
         with self.strategy.scope():
-            net = energy(pattern_shape=pattern_shape)
-            if not isinstance(net, EnergyNetwork):
+            net = None if energy is None else energy(pattern_shape=pattern_shape)
+            if net is not None and not isinstance(net, EnergyNetwork):
                 raise TypeError(f"energy must build an EnergyNetwork, got {type(net).__name__}")
-            self.memory = configurables.EnergyMemory(net, data_range=data_lib.data_range(source))
+            if model is None:
+                self.memory = configurables.EnergyMemory(net, data_range=data_lib.data_range(source))
+            else:
+                self.memory = model(net, pattern_shape=pattern_shape, data_range=data_lib.data_range(source))
             self.learner = MetaLearner(self.memory, strategy=self.strategy)
+        self.pattern_shape = tuple(pattern_shape)
         logger.info(
             "%s on %s: memory size %d floats, %d trainable variables, %d replica(s).",
-            net.name,
+            self.memory.name if net is None else net.name,
             source,
             self.memory.memory_size(),
             len(self.memory.trainable_variables),
@@ -252,24 +266,26 @@ class Experiment:
         iterates = memory.read(state, episode["queries"], episode.get("clamp"))
         errors = per_pattern_error(self.source, episode["patterns"], iterates[-1])
         query_errors = per_pattern_error(self.source, episode["patterns"], episode["queries"])
-        energies = {
-            "stored": memory.energy(state, episode["patterns"]),
-            "distorted": memory.energy(state, episode["queries"]),
-            "retrieved": memory.energy(state, iterates[-1]),
-        }
+        energies = {}
+        if hasattr(memory, "energy"):  # baselines (Experiment.model) may have no energy
+            energies = {
+                "stored": memory.energy(state, episode["patterns"]),
+                "distorted": memory.energy(state, episode["queries"]),
+                "retrieved": memory.energy(state, iterates[-1]),
+            }
         return errors, query_errors, energies, iterates
 
     def validate(self, step):
         summary = metrics_lib.ErrorSummary()
         query_summary = metrics_lib.ErrorSummary()
-        energies = {"stored": [], "distorted": [], "retrieved": []}
+        energies = {}
         first = None
         for episode in self.validation_data:
             errors, query_errors, e, iterates = self._validate_fn(episode)
             summary.accumulate(errors.numpy())
             query_summary.accumulate(query_errors.numpy())
-            for k in energies:
-                energies[k].append(e[k].numpy())
+            for k in e:
+                energies.setdefault(k, []).append(e[k].numpy())
             if first is None:
                 first = (episode, iterates)
         result = summary.result()
@@ -282,7 +298,7 @@ class Experiment:
             for k, v in energies.items():
                 tf.summary.scalar(f"energy/{k}", float(np.mean(np.concatenate(v))))
                 tf.summary.histogram(f"energy/{k}", np.concatenate(v))
-            if len(self.memory.energy_net.pattern_shape) == 3 and (
+            if len(self.pattern_shape) == 3 and (
                 self.image_every and step % self.image_every == 0 or step == self.num_steps
             ):
                 tf.summary.image("retrieval", self._retrieval_grid(*first), step=step)
@@ -407,7 +423,8 @@ class Experiment:
                         for k, v in enumerate(record["per_step"]):
                             tf.summary.scalar(f"meta_loss/read_step_{k + 1}", v)
                         tf.summary.scalar("grad_norm", record["grad_norm"])
-                        self._rate_summaries()
+                        if isinstance(self.memory, EnergyMemory):
+                            self._rate_summaries()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
@@ -436,6 +453,8 @@ class Experiment:
                 signal.signal(s, handler)
         if step != last_ckpt_step:
             self.save_checkpoint()
+        if not self.is_chief:  # non-chief workers saved only so that the collective save could proceed
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
         if self.is_chief:
             _atomic_save_keras(self.memory, os.path.join(self.workdir, "latest", "memory.keras"))
             _atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
@@ -456,6 +475,14 @@ class Experiment:
 _SEARCH_PATHS = set()
 
 
+class _GinProbeFilter(logging.Filter):
+    """gin logs an ERROR for every search-path candidate of an `include` that does not exist; those probes are
+    expected (the include then resolves against gin/), so they are dropped."""
+
+    def filter(self, record):
+        return not (record.levelno == logging.ERROR and str(record.msg).startswith("Path not found"))
+
+
 def parse_gin(gin_files, gin_params, skip_unknown=False):
     """Parses gin files and bindings; ``skip_unknown=False`` makes a misspelt binding fail right away."""
     for f in gin_files or []:
@@ -468,7 +495,17 @@ def parse_gin(gin_files, gin_params, skip_unknown=False):
         if root not in _SEARCH_PATHS:
             gin.add_config_file_search_path(root)
             _SEARCH_PATHS.add(root)
-    gin.parse_config_files_and_bindings(gin_files, gin_params, skip_unknown=skip_unknown)
+    root_logger = logging.getLogger()
+    probe_filter = _GinProbeFilter()
+    root_logger.addFilter(probe_filter)
+    for handler in root_logger.handlers:
+        handler.addFilter(probe_filter)
+    try:
+        gin.parse_config_files_and_bindings(gin_files, gin_params, skip_unknown=skip_unknown)
+    finally:
+        root_logger.removeFilter(probe_filter)
+        for handler in root_logger.handlers:
+            handler.removeFilter(probe_filter)
 
 
 def summary_text(result, workdir):

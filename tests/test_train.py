@@ -225,3 +225,24 @@ def test_two_worker_multiworker_mirrored_strategy_on_localhost(tmp_path):
     assert all(r["replicas"] == 2 for r in results)
     assert results[0]["checksum"] == results[1]["checksum"]
     assert max(r["max_abs_diff"] for r in results) < 1e-6
+
+
+@pytest.mark.slow
+def test_cli_trains_with_two_workers_and_only_the_chief_keeps_checkpoints(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(
+            subprocess.Popen(
+                _cli(tmp_path / "run"), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 replica(s)" in outputs[0][1]
+    assert glob.glob(str(tmp_path / "run" / "checkpoints" / "ckpt-12.index"))
+    assert not glob.glob(str(tmp_path / "run" / "scratch" / "*" / "ckpt-*"))
+    assert sorted(_losses(tmp_path / "run")) == list(range(1, 13))
