@@ -291,6 +291,7 @@ class Experiment:
         result = summary.result()
         result["query_mean"] = query_summary.result()["mean"]
         result["metric"] = error_metric(self.source)
+        result["step"] = int(step)
         with self.valid_writer.as_default(step=step):
             for k in ("mean", "p5", "p95"):
                 tf.summary.scalar(f"error/{result['metric']}_{k}", result[k])
@@ -517,7 +518,7 @@ def summary_text(result, workdir):
         )
     if last:
         lines.append(
-            f"Validation {last['metric']} error now: {last['mean']:.3f} [p5 {last['p5']:.3f}, p95 {last['p95']:.3f}]"
+            f"Validation {last['metric']} error at step {last['step']}: {last['mean']:.3f} [p5 {last['p5']:.3f}, p95 {last['p95']:.3f}]"
         )
     if result["best"]:
         lines.append(
