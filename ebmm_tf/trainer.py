@@ -518,7 +518,8 @@ def summary_text(result, workdir):
         )
     if last:
         lines.append(
-            f"Validation {last['metric']} error at step {last['step']}: {last['mean']:.3f} [p5 {last['p5']:.3f}, p95 {last['p95']:.3f}]"
+            f"Validation {last['metric']} error at step {last['step']}: {last['mean']:.3f} "
+            f"[p5 {last['p5']:.3f}, p95 {last['p95']:.3f}]"
         )
     if result["best"]:
         lines.append(
