@@ -1,0 +1,106 @@
+"""Common part of the learned baselines: the ``EnergyMemory`` interface without an energy.
+
+A baseline is a Keras model with the methods that ``ebmm_tf.meta.meta_loss``, ``ebmm_tf.trainer.Experiment``
+and ``ebmm_tf.evaluate`` use:
+
+* ``write(patterns [N, *pattern_shape], first_order=None) -> MemoryState`` (``first_order`` is accepted and
+  ignored: a baseline's write has no inner gradient);
+* ``read(state, queries [M, *pattern_shape], mask=None) -> [x_1, ..., x_K]`` (list of read iterates; with a
+  clamp ``mask``, 1 = known, the known dimensions keep the query's value, A.2);
+* ``recall(state, queries, mask=None) -> x_K``;
+* ``reconstruction_loss(patterns, iterates) -> (sum_k mean_i ||x_i - x_i^(k)||^2, per_step [K])``, B.4's
+  step-wise loss, which for one iterate is the paper's loss (2);
+* ``memory_size()`` (floats of the written state, Section 4's definition), ``data_range``, ``pattern_shape``.
+
+Decoded outputs are squashed into the data range: ``lo + (hi - lo) * sigmoid(logits)``.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+__all__ = ["BaselineMemory"]
+
+
+class BaselineMemory(keras.Model):
+    """Base class of the learned baselines over a shared encoder/decoder ``network``.
+
+    Args:
+      network: a ``ConvAutoEncoder`` or ``DenseAutoEncoder`` (``ebmm_tf.baselines.networks``).
+      data_range: ``(lo, hi)`` of the patterns.
+    """
+
+    def __init__(self, network, data_range=(0.0, 1.0), **kwargs):
+        super().__init__(**kwargs)
+        for attr in ("encode", "decode", "pattern_shape", "encoding_size"):
+            if not hasattr(network, attr):
+                raise TypeError(f"network must be an encoder/decoder with `{attr}`, got {type(network).__name__}")
+        lo, hi = (float(v) for v in data_range)
+        if not lo < hi:
+            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
+        self.network = network
+        self.data_range = (lo, hi)
+
+    @property
+    def pattern_shape(self) -> tuple[int, ...]:
+        return tuple(self.network.pattern_shape)
+
+    def memory_size(self) -> int:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    def _cast(self, x, name):
+        x = tf.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            raise TypeError(f"{name} must be a floating tensor, got {x.dtype.name}")
+        x = tf.cast(x, self.compute_dtype)
+        if x.shape.rank is not None and tuple(x.shape[1:]) != self.pattern_shape:
+            shape = ", ".join(map(str, self.pattern_shape))
+            raise ValueError(f"{name} must have shape [batch, {shape}], got {list(x.shape)}")
+        return x
+
+    def project(self, x):
+        return tf.clip_by_value(x, *self.data_range)
+
+    def squash(self, logits):
+        """Decoder logits -> the data range: ``lo + (hi - lo) * sigmoid(logits)``."""
+        lo, hi = self.data_range
+        return lo + (hi - lo) * tf.sigmoid(logits)
+
+    def _clamp_fn(self, queries, mask):
+        if mask is None:
+            return lambda x: x
+        mask = self._cast(mask, "mask")
+        known = queries * mask
+        keep = 1.0 - mask
+        return lambda x: x * keep + known
+
+    # ------------------------------------------------------------------ interface
+    def recall(self, state, queries, mask=None):
+        """The last read iterate."""
+        return self.read(state, queries, mask)[-1]
+
+    def reconstruction_loss(self, patterns, iterates):
+        """B.4 / eq. (2): ``sum_k mean_i ||x_i - x_i^(k)||^2``; also returns the per-step terms ``[K]``."""
+        x = self._cast(patterns, "patterns")
+        per_step = tf.stack(
+            [tf.reduce_mean(tf.reduce_sum(tf.reshape(tf.square(x - it), [tf.shape(x)[0], -1]), -1)) for it in iterates]
+        )
+        return tf.reduce_sum(per_step), per_step
+
+    def call(self, patterns, queries=None, mask=None):
+        """Keras entry point: writes ``patterns`` and recalls ``queries`` (default: the patterns)."""
+        state = self.write(patterns)
+        return self.recall(state, patterns if queries is None else queries, mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(network=keras.saving.serialize_keras_object(self.network), data_range=list(self.data_range))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)

@@ -1,0 +1,644 @@
+r"""Evaluation of a meta-trained memory on the test split (paper Section 4, Appendix A "Error bars").
+
+CLI::
+
+    python -m ebmm_tf.evaluate --workdir=DIR [--num_batches=1000] [--gin_param=...] [--data_dir=...]
+        [--seed=20011] [--output_prefix=eval] [--figures] [--checkpoint=auto|best|latest] [--split=test]
+
+Python::
+
+    from ebmm_tf.evaluate import evaluate
+    result = evaluate("runs/omniglot_conv_cpu", num_batches=1000)   # also writes DIR/eval.json, DIR/eval.md
+
+What it does:
+
+1. restores ``DIR/best/memory.keras`` (fallback ``DIR/latest/memory.keras``; ``FileNotFoundError`` if neither
+   exists). The model is the one the run saved (EBMM or a baseline of ``ebmm_tf.baselines``); ``--gin_param``
+   does not change it.
+2. re-parses ``DIR/operative_config.gin`` plus the ``--gin_param`` overrides to get the *protocol*: source, N,
+   distortion, sampler. Overrides make the generalization checks of A.5 / A.6 without fine-tuning, e.g.
+   ``--gin_param='BlockNoise.size = 20'``, ``--gin_param='Experiment.distortion = @SaltAndPepper()'
+   --gin_param='SaltAndPepper.rate = 0.1'`` or ``--gin_param='Experiment.source = "mnist"'`` (offline there is
+   no MNIST; ``"sklearn_digits"`` is a small labelled **stand-in**, for tests only). The gin configuration
+   of the process is cleared before and after.
+3. runs the protocol on ``num_batches`` episodes of the **test split** drawn from the seed stream ``seed``
+   (default ``EVAL_SEED``; it must differ from the run's training seed and validation seed, which would
+   reuse training or model-selection episodes): each episode is written into a fresh memory, the N distorted
+   queries are read (clamping the known bits for binary strings), and the per-pattern error of the last read
+   iterate is taken (Hamming after binarization for binary sources, squared error otherwise; the same
+   ``ebmm_tf.trainer.per_pattern_error`` as validation). The per-episode step is a ``tf.function``.
+4. writes ``DIR/<prefix>.json`` (mean over all patterns, 5th/95th percentiles of the per-batch means, the same
+   for the queries themselves, per-read-iterate means, metric, memory size, N, distortion, checkpoint step,
+   seed, data provenance, wall time, hardware) and ``DIR/<prefix>.md`` (a short markdown table). With
+   ``figures``: ``<prefix>_retrieval.png`` (Figures 2 / 4), and for models with an energy
+   ``<prefix>_energy.png`` + ``<prefix>_energy.json`` (Figure 6: stored, other test, distorted stored and
+   out-of-distribution patterns; see ``ebmm_tf.analysis``).
+
+``--output_prefix`` keeps several evaluations of one workdir apart (e.g. ``eval_block20``, ``eval_sp10``); an
+absolute prefix writes outside the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+logger = logging.getLogger("ebmm_tf.evaluate")
+
+__all__ = [
+    "EVAL_SEED",
+    "Protocol",
+    "evaluate",
+    "evaluate_model",
+    "find_checkpoint",
+    "load_model",
+    "load_protocol",
+    "model_family",
+]
+
+# Seed of the evaluation episode stream: distinct from Experiment's defaults (training seed 0, validation seed
+# 10_007), so evaluation never reuses the episodes that selected the best checkpoint.
+EVAL_SEED = 20_011
+
+
+@dataclasses.dataclass
+class Protocol:
+    """What an evaluation measures (read from a run's operative config and overrides).
+
+    Attributes:
+      source, num_patterns (N), distortion (callable ``(patterns, seed) -> Distorted`` or None), sampler,
+      num_classes: as ``ebmm_tf.trainer.Experiment``.
+      data_dir: the run's data dir (None: ``$EBMM_DATA_DIR``).
+      train_seed, validation_seed, validation_split: the run's seeds, to keep the evaluation stream apart.
+    """
+
+    source: str
+    num_patterns: int
+    distortion: object = None
+    sampler: str = "uniform"
+    num_classes: int = 2
+    data_dir: str | None = None
+    train_seed: int | None = None
+    validation_seed: int | None = None
+    validation_split: str | None = None
+
+    @property
+    def clamps(self) -> bool:
+        return bool(getattr(self.distortion, "clamps", False))
+
+    @property
+    def metric(self) -> str:
+        from ebmm_tf import trainer
+
+        return trainer.error_metric(self.source)
+
+
+# ====================================================================== checkpoints and configuration
+def find_checkpoint(workdir, which="auto"):
+    """``(path, kind)`` of the model to evaluate: ``best/memory.keras``, else ``latest/memory.keras``."""
+    kinds = {"auto": ("best", "latest"), "best": ("best",), "latest": ("latest",)}
+    if which not in kinds:
+        raise ValueError(f"checkpoint must be auto, best or latest; got {which!r}")
+    for kind in kinds[which]:
+        path = os.path.join(workdir, kind, "memory.keras")
+        if os.path.exists(path):
+            return path, kind
+    tried = ", ".join(os.path.join(workdir, k, "memory.keras") for k in kinds[which])
+    raise FileNotFoundError(
+        f"No saved model in {workdir} (looked for {tried}). Train first: "
+        f"python -m ebmm_tf.train --gin_file=... --workdir={workdir}"
+    )
+
+
+def checkpoint_step(workdir, kind):
+    """Training step of the saved model: ``best/metrics.json``'s ``step``, or the last checkpoint's number."""
+    if kind == "best":
+        path = os.path.join(workdir, "best", "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return int(json.load(f)["step"])
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest and latest.rsplit("-", 1)[-1].isdigit():
+        return int(latest.rsplit("-", 1)[-1])
+    return None
+
+
+def _register_model_classes():
+    """Imports every module whose Keras classes a saved memory may contain."""
+    import ebmm_tf  # noqa: F401  (energies, EnergyMemory)
+    from ebmm_tf.baselines import autoencoder, memnet  # noqa: F401
+
+
+def load_model(path):
+    """Loads a saved ``memory.keras`` (EnergyMemory or a baseline)."""
+    import keras
+
+    _register_model_classes()
+    return keras.saving.load_model(path, compile=False)
+
+
+def _evaluate_reference(value):
+    """A gin ``@name()`` reference -> the object it builds; ``@name`` -> the callable; anything else unchanged."""
+    import gin
+
+    if isinstance(value, gin.config.ConfigurableReference):
+        return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
+    return value
+
+
+def load_protocol(workdir, gin_params=()) -> Protocol:
+    """Parses ``DIR/operative_config.gin`` with ``gin_params`` overrides; returns the evaluation ``Protocol``.
+
+    Clears the process' gin configuration before and after.
+    """
+    import gin
+    from ebmm_tf import trainer
+
+    _register_model_classes()
+    config = os.path.join(workdir, "operative_config.gin")
+    if not os.path.exists(config):
+        raise FileNotFoundError(f"{config} not found: is {workdir} a workdir of python -m ebmm_tf.train?")
+    gin.clear_config()
+    try:
+        trainer.parse_gin([config], list(gin_params))
+
+        def get(name, default=None):
+            try:
+                value = gin.query_parameter(f"Experiment.{name}")
+            except ValueError:  # not bound: the Experiment default
+                return default
+            return _evaluate_reference(value)  # errors of the referenced constructor propagate
+
+        source, num_patterns = get("source"), get("num_patterns")
+        if source is None or num_patterns is None:
+            raise ValueError(f"{config} binds no Experiment.source / Experiment.num_patterns")
+        distortion = get("distortion")
+        if isinstance(distortion, type):
+            distortion = distortion()
+        return Protocol(
+            source=source,
+            num_patterns=int(num_patterns),
+            distortion=distortion,
+            sampler=get("sampler", "uniform"),
+            num_classes=int(get("num_classes", 2)),
+            data_dir=get("data_dir"),
+            train_seed=get("seed", 0),
+            validation_seed=get("validation_seed", 10_007),
+            validation_split=get("validation_split", "test"),
+        )
+    finally:
+        gin.clear_config()
+
+
+def model_family(model) -> str:
+    """A label for plots: ``"EBMM <energy class>"`` or the baseline's class name."""
+    energy = getattr(model, "energy_net", None)
+    if energy is not None:
+        return f"EBMM {type(energy).__name__}"
+    return type(model).__name__
+
+
+def _pattern_shape(model):
+    shape = getattr(model, "pattern_shape", None)
+    if shape is None:
+        shape = model.energy_net.pattern_shape
+    return tuple(shape)
+
+
+def _hardware():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpus": gpus,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+    }
+
+
+# ====================================================================== the protocol
+def _episodes(protocol: Protocol, split, seed, data_dir, with_indices=False):
+    from ebmm_tf import data as data_lib
+
+    return data_lib.make_episodes(
+        protocol.source,
+        split,
+        protocol.num_patterns,
+        distortion=protocol.distortion,
+        seed=seed,
+        data_dir=data_dir,
+        sampler=protocol.sampler,
+        num_classes=protocol.num_classes,
+        with_indices=with_indices,
+    )
+
+
+def _make_eval_step(model, protocol: Protocol):
+    """``tf.function`` ``episode -> (errors [K, N] per read iterate, query errors [N])``."""
+    import tensorflow as tf
+
+    from ebmm_tf import trainer
+
+    def step(patterns, queries, clamp):
+        state = model.write(patterns)
+        iterates = model.read(state, queries, clamp if protocol.clamps else None)
+        errors = tf.stack([trainer.per_pattern_error(protocol.source, patterns, it) for it in iterates])
+        return errors, trainer.per_pattern_error(protocol.source, patterns, queries)
+
+    return tf.function(step)
+
+
+def evaluate_model(
+    model,
+    protocol: Protocol,
+    num_batches=1000,
+    seed=EVAL_SEED,
+    split="test",
+    data_dir=None,
+    progress=True,
+    keep_first=False,
+):
+    """Runs the protocol with ``model`` on ``num_batches`` episodes of ``split``; returns the summary dict.
+
+    ``model`` needs ``write``, ``read`` (list of iterates) and ``memory_size()``. Keys: ``mean``, ``p5``, ``p95``
+    (percentiles of the per-batch means), ``num_batches``, ``num_patterns`` (= num_batches * N), ``query_mean``,
+    ``query_p5``, ``query_p95``, ``per_iterate_mean`` [K], ``batch_means`` [num_batches], ``metric``, ``N``,
+    ``memory_size``, ``seed``, ``split``, ``wall_seconds``. With ``keep_first`` the first episode is returned
+    under the private key ``_first_episode`` (for figures).
+    """
+    from ebmm_tf import metrics as metrics_lib
+
+    if num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    start = time.time()
+    data_dir = data_dir or protocol.data_dir
+    ds = _episodes(protocol, split, seed, data_dir).take(int(num_batches))
+    step = _make_eval_step(model, protocol)
+    summary, query_summary = metrics_lib.ErrorSummary(), metrics_lib.ErrorSummary()
+    iterate_sums = None
+    first = None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(num_batches), unit="batch", desc="evaluating", dynamic_ncols=True, file=sys.stderr)
+    try:
+        for episode in ds:
+            errors, query_errors = step(episode["patterns"], episode["queries"], episode["clamp"])
+            errors = errors.numpy()
+            summary.accumulate(errors[-1])
+            query_summary.accumulate(query_errors.numpy())
+            sums = errors.sum(axis=1)
+            iterate_sums = sums if iterate_sums is None else iterate_sums + sums
+            if keep_first and first is None:
+                first = {k: v.numpy() for k, v in episode.items()}
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(error=f"{summary.result()['mean']:.3f}", refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    result = summary.result()
+    q = query_summary.result()
+    result.update(
+        query_mean=q["mean"],
+        query_p5=q["p5"],
+        query_p95=q["p95"],
+        per_iterate_mean=[float(v) for v in iterate_sums / result["num_patterns"]],
+        batch_means=[float(v) for v in summary.batch_means],
+        metric=protocol.metric,
+        N=protocol.num_patterns,
+        memory_size=int(model.memory_size()),
+        seed=int(seed),
+        split=split,
+        wall_seconds=time.time() - start,
+    )
+    if keep_first:
+        result["_first_episode"] = first
+    return result
+
+
+def _check_seed(protocol: Protocol, seed, split):
+    if protocol.train_seed is not None and seed == protocol.train_seed:
+        raise ValueError(
+            f"seed {seed} is the run's training seed (Experiment.seed): pick another --seed "
+            f"(default {EVAL_SEED}); binary-string episodes would even repeat the training episodes."
+        )
+    if protocol.validation_seed is not None and seed == protocol.validation_seed and split == protocol.validation_split:
+        raise ValueError(
+            f"seed {seed} is the run's validation seed on the {split} split: these episodes selected the best "
+            f"checkpoint. Pick another --seed (default {EVAL_SEED})."
+        )
+
+
+def _output_path(workdir, prefix, suffix):
+    base = prefix if os.path.isabs(prefix) else os.path.join(workdir, prefix)
+    return base + suffix
+
+
+def _markdown(r):
+    lines = [
+        f"# Evaluation of `{r['workdir']}`",
+        "",
+        f"{r['model_family']} ({r['model']}), memory size {r['memory_size']} floats, checkpoint "
+        f"{r['checkpoint_kind']} (step {r['checkpoint_step']}).",
+        f"Protocol: {r['source']} {r['split']} split{' (STAND-IN data)' if r['dataset'].get('standin') else ''}, "
+        f"N = {r['N']}, sampler {r['sampler']}, distortion `{r['distortion']}`; {r['num_batches']} batches "
+        f"({r['num_patterns']} patterns), seed {r['seed']}; {r['wall_seconds']:.0f} s.",
+        "",
+        f"| {r['metric']} error | mean | p5 | p95 |",
+        "|---|---|---|---|",
+        f"| retrieved | {r['mean']:.3f} | {r['p5']:.3f} | {r['p95']:.3f} |",
+        f"| query (no retrieval) | {r['query_mean']:.3f} | {r['query_p5']:.3f} | {r['query_p95']:.3f} |",
+        "",
+        "Per read iterate (mean): " + ", ".join(f"{v:.3f}" for v in r["per_iterate_mean"]),
+    ]
+    if r.get("gin_params"):
+        lines += ["", "Overrides: " + "; ".join(f"`{p}`" for p in r["gin_params"])]
+    if r.get("figures"):
+        lines += ["", "Figures: " + ", ".join(f"`{os.path.basename(p)}`" for p in r["figures"].values())]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp_" + os.path.basename(path))
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def evaluate(
+    workdir,
+    num_batches=1000,
+    gin_params=(),
+    data_dir=None,
+    seed=EVAL_SEED,
+    output_prefix="eval",
+    figures=False,
+    figure_batches=10,
+    checkpoint="auto",
+    split="test",
+    progress=True,
+    command=None,
+):
+    """Evaluates the run in ``workdir`` (see the module docstring); writes ``<prefix>.json`` / ``.md``.
+
+    Returns the dict written to ``<prefix>.json`` (plus ``batch_means``, kept in the JSON too).
+    """
+    from ebmm_tf import data as data_lib
+
+    start = time.time()
+    workdir = os.path.abspath(workdir)
+    path, kind = find_checkpoint(workdir, checkpoint)
+    protocol = load_protocol(workdir, gin_params)
+    _check_seed(protocol, seed, split)
+    model = load_model(path)
+    shape = _pattern_shape(model)
+    expected = data_lib.pattern_shape(protocol.source)
+    if tuple(expected) != shape:
+        raise ValueError(f"the model stores patterns of shape {shape}, but {protocol.source} has {tuple(expected)}")
+    data_dir = data_dir or protocol.data_dir
+    logger.info(
+        "Evaluating %s (%s, step %s) on %s/%s: N = %d, %s, %d batches, seed %d.",
+        path,
+        type(model).__name__,
+        checkpoint_step(workdir, kind),
+        protocol.source,
+        split,
+        protocol.num_patterns,
+        protocol.distortion,
+        num_batches,
+        seed,
+    )
+    result = evaluate_model(
+        model, protocol, num_batches, seed=seed, split=split, data_dir=data_dir, progress=progress, keep_first=figures
+    )
+    first = result.pop("_first_episode", None)
+    info = data_lib.dataset_info(protocol.source, split, data_dir)
+    record = {
+        "workdir": workdir,
+        "checkpoint": path,
+        "checkpoint_kind": kind,
+        "checkpoint_step": checkpoint_step(workdir, kind),
+        "model": type(model).__name__,
+        "model_family": model_family(model),
+        "source": protocol.source,
+        "dataset": {k: info.get(k) for k in ("origin", "num_examples", "standin", "description")},
+        "sampler": protocol.sampler,
+        "num_classes": protocol.num_classes if protocol.sampler == "correlated" else None,
+        "distortion": repr(protocol.distortion),
+        "distortion_params": _distortion_params(protocol.distortion),
+        "gin_params": list(gin_params),
+        **result,
+        "hardware": _hardware(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+    }
+    if figures:
+        record["figures"] = _figures(
+            model, protocol, first, workdir, output_prefix, seed, split, data_dir, figure_batches
+        )
+    record["eval_seconds"] = result["wall_seconds"]
+    record["wall_seconds"] = time.time() - start  # including model loading and figures
+    _atomic_write(_output_path(workdir, output_prefix, ".json"), json.dumps(record, indent=2, default=_json_default))
+    _atomic_write(_output_path(workdir, output_prefix, ".md"), _markdown(record))
+    return record
+
+
+def _distortion_params(distortion):
+    if distortion is None:
+        return None
+    params = {"type": type(distortion).__name__}
+    for k, v in vars(distortion).items():
+        if not k.startswith("_"):
+            params[k] = list(v) if isinstance(v, tuple) else v
+    return params
+
+
+# ====================================================================== figures
+def ood_patterns(source, count, seed=0, data_dir=None):
+    """Out-of-distribution patterns for a model of ``source`` (Figure 6), or None when there are none.
+
+    For the single-channel binary sources (Omniglot, MNIST): CIFAR-10 test images converted to grayscale
+    (``tf.image.rgb_to_grayscale``, 32x32) and binarized at 0.5, ``count`` of them drawn without replacement
+    (with replacement if the split holds fewer).
+    Returns ``(patterns [count, 32, 32, 1] float32, description)`` or None if CIFAR-10 is absent.
+    """
+    import tensorflow as tf
+
+    from ebmm_tf import data as data_lib
+
+    if source not in ("omniglot", "mnist", "sklearn_digits"):
+        return None
+    try:
+        images, _ = data_lib.load_split("cifar10", "test", data_dir)
+    except data_lib.DatasetNotFoundError as err:
+        logger.warning("No out-of-distribution patterns (CIFAR-10 not found: %s)", str(err).splitlines()[0])
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(images.shape[0], size=count, replace=count > images.shape[0])
+    gray = tf.image.rgb_to_grayscale(images[idx]).numpy()
+    return (gray > 0.5).astype(np.float32), "CIFAR-10 test images, grayscale, binarized at 0.5"
+
+
+def energy_levels(model, protocol: Protocol, num_batches=10, seed=EVAL_SEED, split="test", data_dir=None):
+    """Energies for Figure 6 over ``num_batches`` written episodes (needs ``model.energy``).
+
+    Per episode: ``memories`` = the N written patterns; ``non-memories`` = N other ``split`` patterns (the
+    episode of the same index in the stream ``seed + 1``); ``distorted memories`` = the N queries;
+    ``out-of-distribution`` = N binarized grayscale CIFAR-10 images (single-channel binary sources only).
+    All energies are under the episode's written memory. Returns ``({category: float array}, ood description)``.
+    """
+    import tensorflow as tf
+
+    n = protocol.num_patterns
+    stored = iter(_episodes(protocol, split, seed, data_dir).take(num_batches))
+    others = iter(_episodes(protocol, split, seed + 1, data_dir).take(num_batches))
+    ood = ood_patterns(protocol.source, n * num_batches, seed, data_dir)
+
+    @tf.function
+    def energies(patterns, probes):
+        state = model.write(patterns)
+        return {k: model.energy(state, v) for k, v in probes.items()}
+
+    out = {"memories": [], "non-memories": [], "distorted memories": [], "out-of-distribution": []}
+    for b in range(num_batches):
+        ep, other = next(stored), next(others)
+        probes = {"memories": ep["patterns"], "non-memories": other["patterns"], "distorted memories": ep["queries"]}
+        if ood is not None:
+            probes["out-of-distribution"] = tf.constant(ood[0][b * n : (b + 1) * n])
+        for k, v in energies(ep["patterns"], probes).items():
+            out[k].append(v.numpy())
+    out = {k: np.concatenate(v) for k, v in out.items() if v}
+    return out, (ood[1] if ood is not None else None)
+
+
+def _figures(model, protocol, first, workdir, prefix, seed, split, data_dir, figure_batches):
+    import tensorflow as tf
+
+    from ebmm_tf import analysis
+
+    paths = {}
+    has_energy = hasattr(model, "energy")
+    rows = min(4, protocol.num_patterns)
+    patterns, queries = first["patterns"], first["queries"]
+    clamp = first["clamp"] if protocol.clamps else None
+
+    @tf.function
+    def retrieve(patterns, queries, clamp):
+        state = model.write(patterns)
+        iterates = model.read(state, queries, clamp)
+        energies = None
+        if has_energy:
+            energies = tf.stack([model.energy(state, x) for x in [patterns, queries] + list(iterates)])
+        return iterates, energies
+
+    iterates, energies = retrieve(patterns, queries, clamp)
+    iterates = [it.numpy()[:rows] for it in iterates]
+    energies = None if energies is None else energies.numpy()[:, :rows]
+    path = _output_path(workdir, prefix, "_retrieval.png")
+    analysis.retrieval_grid(
+        patterns[:rows],
+        queries[:rows],
+        iterates,
+        energies=energies,
+        data_range=model.data_range,
+        path=path,
+        title=f"{model_family(model)}, {protocol.source} (N = {protocol.num_patterns})",
+    )
+    paths["retrieval"] = path
+    if has_energy:
+        levels, ood_desc = energy_levels(model, protocol, figure_batches, seed, split, data_dir)
+        path = _output_path(workdir, prefix, "_energy.png")
+        stats = analysis.energy_histogram(levels, path, title=f"{model_family(model)}, {protocol.source}")
+        stats["out_of_distribution_source"] = ood_desc
+        stats["num_batches"] = figure_batches
+        json_path = _output_path(workdir, prefix, "_energy.json")
+        _atomic_write(json_path, json.dumps(stats, indent=2, default=_json_default))
+        paths["energy"] = path
+        paths["energy_json"] = json_path
+    return paths
+
+
+# ====================================================================== CLI
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "workdir of python -m ebmm_tf.train", required=True)
+    flags.DEFINE_integer("num_batches", 1000, "test episodes (paper: 1000 random batches)")
+    flags.DEFINE_multi_string("gin_param", [], "protocol overrides, e.g. 'BlockNoise.size = 20' (repeatable)")
+    flags.DEFINE_string("data_dir", None, "dataset directory (default: the run's, then $EBMM_DATA_DIR)")
+    flags.DEFINE_integer("seed", EVAL_SEED, "seed of the evaluation episode stream")
+    flags.DEFINE_string("output_prefix", "eval", "output name inside the workdir (or an absolute path prefix)")
+    flags.DEFINE_bool("figures", False, "also write the retrieval grid and (EBMM) energy histogram PNGs")
+    flags.DEFINE_integer("figure_batches", 10, "episodes pooled in the energy histogram")
+    flags.DEFINE_enum("checkpoint", "auto", ["auto", "best", "latest"], "which saved model to evaluate")
+    flags.DEFINE_enum("split", "test", ["test", "train"], "data split")
+    flags.DEFINE_bool("progress", True, "show a progress bar")
+
+
+def main(argv):
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    r = evaluate(
+        FLAGS.workdir,
+        num_batches=FLAGS.num_batches,
+        gin_params=FLAGS.gin_param,
+        data_dir=FLAGS.data_dir,
+        seed=FLAGS.seed,
+        output_prefix=FLAGS.output_prefix,
+        figures=FLAGS.figures,
+        figure_batches=FLAGS.figure_batches,
+        checkpoint=FLAGS.checkpoint,
+        split=FLAGS.split,
+        progress=FLAGS.progress,
+        command=" ".join(["python -m ebmm_tf.evaluate"] + sys.argv[1:]),
+    )
+    print(_markdown(r), end="", flush=True)
+    print(f"Wrote {_output_path(r['workdir'], FLAGS.output_prefix, '.json')}", flush=True)
+    if not math.isfinite(r["mean"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
