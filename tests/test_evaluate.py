@@ -191,7 +191,8 @@ def test_perfect_memory_scores_zero_and_a_no_op_read_scores_the_query_error():
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 data")
-def test_continuous_sources_use_the_squared_error():
+def test_continuous_sources_use_the_squared_error(monkeypatch):
+    monkeypatch.setenv("EBMM_DATA_DIR", DATA_DIR)  # in-process loaders read the shared data folder
     distortion = BlockNoise(16, fill="uniform")
     protocol = evaluate.Protocol(source="cifar10", num_patterns=4, distortion=distortion)
     noop = evaluate.evaluate_model(_NoOp(), protocol, num_batches=3, progress=False)
