@@ -9,6 +9,7 @@ is assigned inside the loops), so they can be differentiated end to end for meta
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -52,6 +53,45 @@ def logit(p: float) -> float:
 _WRITE_TERMS = ("energy", "gradient", "prior")
 
 
+def _recomputed(step):
+    """Gradient checkpointing of ``step(*tensors) -> tensor or list of tensors`` that may use gradient tapes.
+
+    ``tf.recompute_grad`` runs its function with recording stopped on every tape, which silently turns the
+    write/read steps' own inner gradients into None; here the forward pass records normally (inner tapes work)
+    and only the custom gradient decides what the outer tapes keep: the inputs. The backward pass runs ``step``
+    again under a fresh tape and backpropagates through it; variables read inside ``step`` (the energy's static
+    weights) get their gradients through ``variables``. The recomputation takes a data dependency on the
+    incoming gradient so that it is neither scheduled early nor merged with the forward pass by common
+    subexpression elimination.
+    """
+
+    @tf.custom_gradient
+    def checkpointed(*args):
+        result = step(*args)
+        single = not isinstance(result, (list, tuple))
+        outputs = [result] if single else list(result)
+
+        def grad(*dresult, variables=None):
+            dresult = [tf.zeros_like(o) if d is None else d for d, o in zip(dresult, outputs)]
+            first = tf.reshape(dresult[0], [-1])[:1]
+            dep = tf.where(tf.reduce_all(tf.math.is_finite(first)), 0.0, float("nan"))
+            variables = list(variables or [])
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                inputs = [tf.identity(a) + tf.cast(dep, a.dtype) if a.dtype.is_floating else a for a in args]
+                tape.watch([a for a in inputs if a.dtype.is_floating])
+                tape.watch(variables)
+                again = step(*inputs)
+                again = [again] if single else list(again)
+            grads = tape.gradient(
+                again, inputs + variables, output_gradients=dresult, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            return grads[: len(inputs)], grads[len(inputs) :]
+
+        return (result if single else outputs), grad
+
+    return checkpointed
+
+
 @keras.saving.register_keras_serializable(package="ebmm_tf")
 class EnergyMemory(keras.Model):
     """Associative memory over an energy network ``E(x; theta)`` whose writable weights are the memory.
@@ -83,6 +123,11 @@ class EnergyMemory(keras.Model):
       momentum_init: initial ``psi_1``; momentum_decay_init: initial ``sigmoid`` of the momentum logits.
       first_order: stop gradients through the write steps' inner gradients (cheaper meta-gradient; the
         learned rates and theta_bar still get gradients through the update's linear path).
+      recompute: gradient checkpointing of the unroll: every write and read step keeps only its inputs for the
+        meta-gradient and recomputes its forward pass (inner gradients included) during backpropagation, which
+        bounds the memory of a meta-step by one step's intermediates instead of T + K steps' at the price of
+        one more forward pass of each step. The meta-gradient is the same (up to float rounding). Saves memory
+        inside ``tf.function`` (as in ``MetaLearner``); eagerly, the outer tape still holds every step.
     """
 
     def __init__(
@@ -100,6 +145,7 @@ class EnergyMemory(keras.Model):
         momentum_init=0.5,
         momentum_decay_init=0.9,
         first_order=False,
+        recompute=False,
         **kwargs,
     ):
         kwargs.setdefault("name", "energy_memory")
@@ -115,6 +161,7 @@ class EnergyMemory(keras.Model):
         self.write_steps, self.read_steps = int(write_steps), int(read_steps)
         self.data_range = (lo, hi)
         self.first_order = bool(first_order)
+        self.recompute = bool(recompute)
         self._init = dict(
             write_rate_init=write_rate_init,
             per_step_write_rates=bool(per_step_write_rates),
@@ -218,23 +265,71 @@ class EnergyMemory(keras.Model):
         self._check_patterns(x, "patterns")
         theta_bar = [tf.convert_to_tensor(v) for v in self.theta_bar]
         theta = list(theta_bar)
-        n = tf.cast(tf.shape(x)[0], x.dtype)
         rates = self.write_rates()
         alpha, beta = self.alpha(), self.beta()
+        write_step = self._step_function(("write", bool(first_order)), lambda: self._make_write_step(first_order))
         for t in range(self.write_steps):
-            grad_energy, grad_gradnorm = self._write_gradients(x, theta, n)
+            r = rates[min(t, rates.shape[0] - 1)]
+            theta = list(write_step(x, r, alpha, beta, *theta, *theta_bar))
+        return MemoryState(dict(zip(self.memory_names, theta)))
+
+    def _make_write_step(self, first_order):
+        """``write_step(x, rates_row, alpha, beta, *theta, *theta_bar) -> new theta``: one step of eq. (4)."""
+        m = len(self.memory_names)
+
+        def write_step(x, r, alpha, beta, *thetas):
+            theta, theta_bar = thetas[:m], thetas[m:]
+            n = tf.cast(tf.shape(x)[0], x.dtype)
+            grad_energy, grad_gradnorm = self._write_gradients(x, list(theta), n)
             if first_order:
                 grad_energy = [tf.stop_gradient(g) for g in grad_energy]
                 grad_gradnorm = [tf.stop_gradient(g) for g in grad_gradnorm]
-            r = rates[min(t, rates.shape[0] - 1)]
             new_theta = []
             for j, (th, th0, g_e, g_g) in enumerate(zip(theta, theta_bar, grad_energy, grad_gradnorm)):
                 layer = self._layer_of[j]
                 # grad_theta of beta ||theta - theta_bar||^2 is 2 beta (theta - theta_bar): exact, no tape needed
                 step = r[layer, 0] * g_e + (r[layer, 1] * alpha) * g_g + (r[layer, 2] * 2.0 * beta) * (th - th0)
                 new_theta.append(th - step)
-            theta = new_theta
-        return MemoryState(dict(zip(self.memory_names, theta)))
+            return new_theta
+
+        return write_step
+
+    def _step_function(self, key, make):
+        """The write/read step function for ``key``, built once per memory (and checkpointed if ``recompute``).
+
+        Inside ``nested_step_functions()`` each step is a nested ``tf.function``: see there.
+        """
+        cache = self.__dict__.setdefault("_ebmm_step_functions", {})  # plain dict: not tracked by Keras
+        nested = self.__dict__.get("_ebmm_nested_steps", False)
+        key = key + (self.recompute, nested)
+        if key not in cache:
+            fn = make()
+            if nested:
+                # _noinline: the step body is also optimised once by grappler and called T (K) times, which
+                # halves the first call of the compiled meta-step; inlining it gains nothing at run time.
+                fn = tf.function(fn, autograph=False, experimental_attributes={"_noinline": True})
+            if self.recompute:
+                fn = _recomputed(fn)
+            cache[key] = fn
+        return cache[key]
+
+    @contextlib.contextmanager
+    def nested_step_functions(self, enabled=True):
+        """Within this context, write and read steps are traced as nested ``tf.function`` s.
+
+        The T write steps (and the K - 1 read steps after the first) then share one traced graph and one
+        traced meta-gradient graph instead of T unrolled copies: tracing a meta-step and optimising its graph
+        take about half as long, and the step runs as fast (docs/performance.md). Same maths; ``MetaLearner``
+        uses it for its compiled meta-step. Outside the context (the default) everything is unrolled in the
+        caller's graph. Not for XLA: nested functions inside a ``jit_compile`` function make its step about
+        100x slower (measured on TF 2.21), so ``MetaLearner`` unrolls when compiling with XLA.
+        """
+        previous = self.__dict__.get("_ebmm_nested_steps", False)
+        self.__dict__["_ebmm_nested_steps"] = bool(enabled)
+        try:
+            yield self
+        finally:
+            self.__dict__["_ebmm_nested_steps"] = previous
 
     def _write_gradients(self, x, theta, n):
         """Gradients w.r.t. ``theta`` of ``mean_i E(x_i)`` and ``mean_i ||grad_x E(x_i)||^2``.
@@ -279,28 +374,44 @@ class EnergyMemory(keras.Model):
         """
         q = self.project(self._cast(queries, "queries"))
         self._check_patterns(q, "queries")
-        if mask is not None:
+        clamped = mask is not None
+        if clamped:
             mask = self._cast(mask, "mask")
             q_known = q * mask
             keep = 1.0 - mask
-
-            def clamp(x):
-                return x * keep + q_known
-        else:
-
-            def clamp(x):
-                return x
-
+        names = tuple(state.weights)
+        read_step = self._step_function(("read", names, clamped), lambda: self._make_read_step(names, clamped))
+        first_read_step = self._step_function(
+            ("first_read", names, clamped), lambda: self._make_read_step(names, clamped, first=True)
+        )
+        extra = [state.weights[n] for n in names] + ([keep, q_known] if clamped else [])
         gammas, psis = self.read_steps_schedule(), self.momentum_schedule()
-        x, v = q, tf.zeros_like(q)
-        iterates = []
-        for k in range(self.read_steps):
-            x_hat = clamp(self.project(x + psis[k] * v)) if k > 0 else x  # v_0 = 0
-            _, g = self._energy_grad_x(state.weights, x_hat)
-            v = psis[k] * v - gammas[k] * g
-            x = clamp(self.project(x + v))
+        x, v = first_read_step(q, tf.zeros_like(q), psis[0], gammas[0], *extra)
+        iterates = [x]
+        for k in range(1, self.read_steps):
+            x, v = read_step(x, v, psis[k], gammas[k], *extra)
             iterates.append(x)
         return iterates
+
+    def _make_read_step(self, names, clamped, first=False):
+        """``read_step(x, v, psi, gamma, *memory, [keep, q_known]) -> (x, v)``: one Nesterov step (B.2).
+
+        ``first``: ``k = 1`` with ``v_0 = 0``, so ``x_hat = x_0`` (no projection) and ``v_1 = -gamma_1 grad E``.
+        """
+        m = len(names)
+
+        def read_step(x, v, psi, gamma, *rest):
+            weights = dict(zip(names, rest[:m]))
+
+            def clamp(y):
+                return y * rest[m] + rest[m + 1] if clamped else y
+
+            x_hat = x if first else clamp(self.project(x + psi * v))
+            _, g = self._energy_grad_x(weights, x_hat)
+            v = psi * v - gamma * g  # v_0 = 0 at the first step: psi_1 keeps a (zero) gradient when K = 1
+            return clamp(self.project(x + v)), v
+
+        return read_step
 
     def recall(self, state: MemoryState, queries, mask=None):
         """The last read iterate ``x_K``."""
@@ -333,6 +444,7 @@ class EnergyMemory(keras.Model):
             read_steps=self.read_steps,
             data_range=list(self.data_range),
             first_order=self.first_order,
+            recompute=self.recompute,
             **self._init,
         )
         return config

@@ -15,6 +15,8 @@ so that the caller can refuse non-finite gradients before anything is applied.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -48,7 +50,11 @@ class MetaLearner:
       clip_norm: global-norm clipping of the averaged gradient (paper: 0.05); ``None`` disables it.
       strategy: a ``tf.distribute.Strategy``; default: the current one.
       first_order: overrides ``memory.first_order`` for training if not ``None``.
-      jit_compile: compile the gradient computation with XLA.
+      jit_compile: compile the gradient computation with XLA. Off by default: on CPU the XLA step is slower
+        and takes minutes to compile at paper scale (docs/performance.md).
+      nested_steps: trace each write and read step once as a nested ``tf.function`` instead of unrolling all
+        of them into one graph (``EnergyMemory.nested_step_functions``): same maths, several times less time
+        before the first step, same step time (docs/performance.md). Ignored with ``jit_compile``.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class MetaLearner:
         strategy=None,
         first_order=None,
         jit_compile=False,
+        nested_steps=True,
     ):
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
@@ -69,11 +76,15 @@ class MetaLearner:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.clip_norm = clip_norm
         self.first_order = first_order
+        self.nested_steps = bool(nested_steps)
+        self.jit_compile = bool(jit_compile)
         with self.strategy.scope():
             self.optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
             self.optimizer.build(memory.trainable_variables)
         self.variables = list(memory.trainable_variables)
-        self._compute = tf.function(self._compute_impl, jit_compile=jit_compile)
+        # autograph=False: the meta-step has no tensor-dependent Python control flow (every loop is a fixed
+        # unroll), and converting its code adds seconds to every trace of the large meta-gradient graph.
+        self._compute = tf.function(self._compute_impl, jit_compile=jit_compile, autograph=False)
         self._apply = tf.function(self._apply_impl)
 
     @property
@@ -82,7 +93,12 @@ class MetaLearner:
 
     # --------------------------------------------------------------- per replica
     def _replica_gradients(self, episode):
-        with tf.GradientTape() as tape:
+        # XLA: unrolled (nested functions inside a jit_compile function run ~100x slower, docs/performance.md)
+        enabled = self.nested_steps and not self.jit_compile
+        # baselines (ebmm_tf.baselines) have no write/read step functions to nest
+        nested_steps = getattr(self.memory, "nested_step_functions", None)
+        nested = nested_steps(enabled) if nested_steps is not None else contextlib.nullcontext()
+        with nested, tf.GradientTape() as tape:
             loss, aux = meta_loss(self.memory, episode, self.first_order)
         grads = tape.gradient(loss, self.variables)
         missing = [v.path for v, g in zip(self.variables, grads) if g is None]

@@ -20,6 +20,11 @@ flags.DEFINE_integer(
     "split the CPU into this many logical devices (to run "
     "MirroredStrategy without GPUs, with Experiment.strategy = 'mirrored'); 0 leaves it alone",
 )
+flags.DEFINE_integer(
+    "intra_op_threads", 0, "threads per TensorFlow op (0: TensorFlow's default, all cores); 1 suits several "
+    "trainings sharing a small machine"
+)
+flags.DEFINE_integer("inter_op_threads", 0, "ops run concurrently (0: TensorFlow's default)")
 FLAGS = flags.FLAGS
 
 
@@ -31,6 +36,10 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import tensorflow as tf
 
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     if FLAGS.num_cpu_devices:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
