@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from ebmm_tf.energies import EnergyNetwork
 
-__all__ = ["EnergyMemory", "MemoryState", "inverse_softplus", "logit"]
+__all__ = ["EnergyMemory", "MemoryState", "RecallMixin", "inverse_softplus", "logit"]
 
 
 class MemoryState(NamedTuple):
@@ -92,8 +92,35 @@ def _recomputed(step):
     return checkpointed
 
 
+class RecallMixin:
+    """``project``, ``recall``, ``reconstruction_loss`` and ``call``, shared by ``EnergyMemory`` and the learned
+    baselines (``ebmm_tf.baselines.BaselineMemory``): all of them need ``write``, ``read``, ``_cast`` and
+    ``data_range``."""
+
+    def project(self, x):
+        """Clips ``x`` into the data range."""
+        return tf.clip_by_value(x, *self.data_range)
+
+    def recall(self, state, queries, mask=None):
+        """The last read iterate ``x_K``."""
+        return self.read(state, queries, mask)[-1]
+
+    def reconstruction_loss(self, patterns, iterates):
+        """B.4 / eq. (2): ``sum_k mean_i ||x_i - x_i^(k)||^2``; also returns the per-step terms ``[K]``."""
+        x = self._cast(patterns, "patterns")
+        per_step = tf.stack(
+            [tf.reduce_mean(tf.reduce_sum(tf.reshape(tf.square(x - it), [tf.shape(x)[0], -1]), -1)) for it in iterates]
+        )
+        return tf.reduce_sum(per_step), per_step
+
+    def call(self, patterns, queries=None, mask=None):
+        """Keras entry point: writes ``patterns`` and recalls ``queries`` (default: the patterns)."""
+        state = self.write(patterns)
+        return self.recall(state, patterns if queries is None else queries, mask)
+
+
 @keras.saving.register_keras_serializable(package="ebmm_tf")
-class EnergyMemory(keras.Model):
+class EnergyMemory(RecallMixin, keras.Model):
     """Associative memory over an energy network ``E(x; theta)`` whose writable weights are the memory.
 
     Write (eq. 3-4): ``theta_0 = theta_bar``;
@@ -364,9 +391,6 @@ class EnergyMemory(keras.Model):
         return tf.reduce_mean(e) + self.alpha() * gradnorm + self.beta() * prior
 
     # ------------------------------------------------------------------ read (eq. 1, Appendix B)
-    def project(self, x):
-        return tf.clip_by_value(x, *self.data_range)
-
     def read(self, state: MemoryState, queries, mask=None):
         """Retrieves patterns from ``queries [M, *pattern_shape]``; returns the K iterates ``[x_1 .. x_K]``.
 
@@ -412,23 +436,6 @@ class EnergyMemory(keras.Model):
             return clamp(self.project(x + v)), v
 
         return read_step
-
-    def recall(self, state: MemoryState, queries, mask=None):
-        """The last read iterate ``x_K``."""
-        return self.read(state, queries, mask)[-1]
-
-    def reconstruction_loss(self, patterns, iterates):
-        """B.4: ``sum_k mean_i ||x_i - x_i^(k)||^2``; also returns the per-step terms ``[K]``."""
-        x = self._cast(patterns, "patterns")
-        per_step = tf.stack(
-            [tf.reduce_mean(tf.reduce_sum(tf.reshape(tf.square(x - it), [tf.shape(x)[0], -1]), -1)) for it in iterates]
-        )
-        return tf.reduce_sum(per_step), per_step
-
-    def call(self, patterns, queries=None, mask=None):
-        """Keras entry point: writes ``patterns`` and recalls ``queries`` (default: the patterns)."""
-        state = self.write(patterns)
-        return self.recall(state, patterns if queries is None else queries, mask)
 
     def _check_patterns(self, x, name):
         expected = self.energy_net.pattern_shape

@@ -20,11 +20,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from ebmm_tf.memory import RecallMixin
+
 __all__ = ["BaselineMemory"]
 
 
-class BaselineMemory(keras.Model):
-    """Base class of the learned baselines over a shared encoder/decoder ``network``.
+class BaselineMemory(RecallMixin, keras.Model):
+    """Base class of the learned baselines over a shared encoder/decoder ``network`` (``project``, ``recall``,
+    ``reconstruction_loss`` and ``call`` come from ``ebmm_tf.memory.RecallMixin``).
 
     Args:
       network: a ``ConvAutoEncoder`` or ``DenseAutoEncoder`` (``ebmm_tf.baselines.networks``).
@@ -60,9 +63,6 @@ class BaselineMemory(keras.Model):
             raise ValueError(f"{name} must have shape [batch, {shape}], got {list(x.shape)}")
         return x
 
-    def project(self, x):
-        return tf.clip_by_value(x, *self.data_range)
-
     def squash(self, logits):
         """Decoder logits -> the data range: ``lo + (hi - lo) * sigmoid(logits)``."""
         lo, hi = self.data_range
@@ -75,24 +75,6 @@ class BaselineMemory(keras.Model):
         known = queries * mask
         keep = 1.0 - mask
         return lambda x: x * keep + known
-
-    # ------------------------------------------------------------------ interface
-    def recall(self, state, queries, mask=None):
-        """The last read iterate."""
-        return self.read(state, queries, mask)[-1]
-
-    def reconstruction_loss(self, patterns, iterates):
-        """B.4 / eq. (2): ``sum_k mean_i ||x_i - x_i^(k)||^2``; also returns the per-step terms ``[K]``."""
-        x = self._cast(patterns, "patterns")
-        per_step = tf.stack(
-            [tf.reduce_mean(tf.reduce_sum(tf.reshape(tf.square(x - it), [tf.shape(x)[0], -1]), -1)) for it in iterates]
-        )
-        return tf.reduce_sum(per_step), per_step
-
-    def call(self, patterns, queries=None, mask=None):
-        """Keras entry point: writes ``patterns`` and recalls ``queries`` (default: the patterns)."""
-        state = self.write(patterns)
-        return self.recall(state, patterns if queries is None else queries, mask)
 
     def get_config(self):
         config = super().get_config()
