@@ -103,16 +103,34 @@ class Protocol:
 
 
 # ====================================================================== checkpoints and configuration
+def resolve_run_dir(workdir):
+    """The directory holding a run's ``operative_config.gin``: ``workdir`` itself, or for a SavedModel export
+    made from a workdir (``python -m ebmm_tf.export --workdir=...``), its ``assets.extra/`` folder."""
+    extra = os.path.join(workdir, "assets.extra")
+    if not os.path.exists(os.path.join(workdir, "operative_config.gin")) and os.path.exists(
+        os.path.join(extra, "operative_config.gin")
+    ):
+        return extra
+    return workdir
+
+
 def find_checkpoint(workdir, which="auto"):
-    """``(path, kind)`` of the model to evaluate: ``best/memory.keras``, else ``latest/memory.keras``."""
-    kinds = {"auto": ("best", "latest"), "best": ("best",), "latest": ("latest",)}
+    """``(path, kind)`` of the model to evaluate: ``best/memory.keras``, else ``latest/memory.keras``, else (an
+    export's ``assets.extra/``) ``memory.keras``."""
+    kinds = {"auto": ("best", "latest", "export"), "best": ("best",), "latest": ("latest",)}
     if which not in kinds:
         raise ValueError(f"checkpoint must be auto, best or latest; got {which!r}")
+    if which == "auto" and os.path.basename(os.path.normpath(workdir)) == "assets.extra":
+        path = os.path.join(workdir, "memory.keras")
+        if os.path.exists(path):
+            return path, "export"
     for kind in kinds[which]:
+        if kind == "export":
+            continue
         path = os.path.join(workdir, kind, "memory.keras")
         if os.path.exists(path):
             return path, kind
-    tried = ", ".join(os.path.join(workdir, k, "memory.keras") for k in kinds[which])
+    tried = ", ".join(os.path.join(workdir, k, "memory.keras") for k in kinds[which] if k != "export")
     raise FileNotFoundError(
         f"No saved model in {workdir} (looked for {tried}). Train first: "
         f"python -m ebmm_tf.train --gin_file=... --workdir={workdir}"
@@ -121,8 +139,12 @@ def find_checkpoint(workdir, which="auto"):
 
 def checkpoint_step(workdir, kind):
     """Training step of the saved model: ``best/metrics.json``'s ``step``, or the last checkpoint's number."""
-    if kind == "best":
-        path = os.path.join(workdir, "best", "metrics.json")
+    if kind in ("best", "export"):
+        path = (
+            os.path.join(workdir, "best", "metrics.json")
+            if kind == "best"
+            else os.path.join(workdir, "train_metrics.json")
+        )
         if os.path.exists(path):
             with open(path) as f:
                 return int(json.load(f)["step"])
@@ -421,7 +443,7 @@ def evaluate(
     from ebmm_tf import data as data_lib
 
     start = time.time()
-    workdir = os.path.abspath(workdir)
+    workdir = resolve_run_dir(os.path.abspath(workdir))
     path, kind = find_checkpoint(workdir, checkpoint)
     protocol = load_protocol(workdir, gin_params)
     _check_seed(protocol, seed, split)
@@ -597,7 +619,12 @@ def _figures(model, protocol, first, workdir, prefix, seed, split, data_dir, fig
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "workdir of python -m ebmm_tf.train", required=True)
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "workdir of python -m ebmm_tf.train, or a SavedModel exported from one (e.g. export/pretrained/NAME/1)",
+        required=True,
+    )
     flags.DEFINE_integer("num_batches", 1000, "test episodes (paper: 1000 random batches)")
     flags.DEFINE_multi_string("gin_param", [], "protocol overrides, e.g. 'BlockNoise.size = 20' (repeatable)")
     flags.DEFINE_string("data_dir", None, "dataset directory (default: the run's, then $EBMM_DATA_DIR)")

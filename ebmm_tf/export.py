@@ -68,7 +68,26 @@ def _is_empty_or_missing(path) -> bool:
     return not tf.io.gfile.exists(path) or not tf.io.gfile.listdir(path)
 
 
-def export_memory(memory: EnergyMemory, export_dir, *, overwrite=False, range_tolerance=1e-3, keras_copy=True) -> str:
+def workdir_files(workdir) -> dict:
+    """Provenance files of a training ``workdir`` worth shipping beside its export (those that exist).
+
+    ``operative_config.gin`` (the training protocol, which ``python -m ebmm_tf.evaluate --workdir=EXPORT_DIR``
+    reads back) and ``best/metrics.json`` (the validation error that selected the model).
+    """
+    wanted = {
+        "operative_config.gin": "operative_config.gin",
+        "train_metrics.json": os.path.join("best", "metrics.json"),
+    }
+    return {
+        name: os.path.join(workdir, rel)
+        for name, rel in wanted.items()
+        if tf.io.gfile.exists(os.path.join(workdir, rel))
+    }
+
+
+def export_memory(
+    memory: EnergyMemory, export_dir, *, overwrite=False, range_tolerance=1e-3, keras_copy=True, extra_files=None
+) -> str:
     """Saves ``memory``'s serving signatures as a SavedModel in ``export_dir``; returns the directory.
 
     Args:
@@ -78,7 +97,16 @@ def export_memory(memory: EnergyMemory, export_dir, *, overwrite=False, range_to
       overwrite: replace an existing non-empty ``export_dir``.
       range_tolerance: inputs may exceed ``memory.data_range`` by this fraction of its width.
       keras_copy: also save the model as ``assets.extra/memory.keras``.
+      extra_files: ``{name: path}`` of files copied into ``assets.extra/`` (e.g. ``workdir_files(workdir)``).
     """
+    extra_files = dict(extra_files or {})
+    for name, src in extra_files.items():
+        if os.path.basename(name) != name or name in (METADATA_FILE, KERAS_FILE):
+            raise ValueError(
+                f"extra file name {name!r} must be a plain file name other than {METADATA_FILE}, {KERAS_FILE}"
+            )
+        if not tf.io.gfile.exists(src):
+            raise FileNotFoundError(f"extra file {src} does not exist")
     if not isinstance(memory, EnergyMemory):
         raise TypeError(f"memory must be an ebmm_tf.EnergyMemory, got {type(memory).__name__}")
     export_dir = os.fspath(export_dir)
@@ -93,7 +121,7 @@ def export_memory(memory: EnergyMemory, export_dir, *, overwrite=False, range_to
     if remote:  # object stores have no atomic directory rename: write in place
         if tf.io.gfile.exists(export_dir):
             tf.io.gfile.rmtree(export_dir)
-        _write(module, memory, export_dir, keras_copy)
+        _write(module, memory, export_dir, keras_copy, extra_files)
         return export_dir
 
     export_dir = os.path.abspath(export_dir)
@@ -103,7 +131,7 @@ def export_memory(memory: EnergyMemory, export_dir, *, overwrite=False, range_to
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
     old = None
     try:
-        _write(module, memory, tmp, keras_copy)
+        _write(module, memory, tmp, keras_copy, extra_files)
         if os.path.exists(export_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.old-", dir=parent)
             os.rename(export_dir, os.path.join(old, "replaced"))
@@ -122,10 +150,12 @@ def export_memory(memory: EnergyMemory, export_dir, *, overwrite=False, range_to
     return export_dir
 
 
-def _write(module, memory, path, keras_copy):
+def _write(module, memory, path, keras_copy, extra_files):
     tf.saved_model.save(module, path, signatures=module.signatures())
     extra = os.path.join(path, "assets.extra")
     tf.io.gfile.makedirs(extra)
+    for name, src in extra_files.items():
+        tf.io.gfile.copy(src, os.path.join(extra, name), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
         json.dump(describe(memory), f, indent=2)
     if keras_copy:
@@ -139,7 +169,9 @@ def _write(module, memory, path, keras_copy):
 
 
 def export_from_workdir(workdir, export_dir, **kwargs) -> str:
-    """Exports the best (else the latest) memory of a training ``workdir``; kwargs as ``export_memory``."""
+    """Exports the best (else the latest) memory of a training ``workdir``, with its ``workdir_files`` in
+    ``assets.extra/``; kwargs as ``export_memory``."""
+    kwargs.setdefault("extra_files", workdir_files(workdir))
     return export_memory(load_memory(find_memory_file(workdir)), export_dir, **kwargs)
 
 
@@ -201,6 +233,7 @@ def main(argv):
             overwrite=FLAGS.overwrite,
             range_tolerance=FLAGS.range_tolerance,
             keras_copy=FLAGS.keras_copy,
+            extra_files=workdir_files(FLAGS.workdir) if FLAGS.workdir else None,
         )
     except (FileNotFoundError, FileExistsError, TypeError, ValueError) as e:
         sys.exit(f"ebmm_tf.export: error: {e}")

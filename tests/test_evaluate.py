@@ -339,3 +339,27 @@ def test_cli_on_omniglot_writes_eval_json_markdown_and_figures(runs):
         all(sum(v) == 8 for v in stats["counts"].values())
         and len(stats["bins"]) == len(stats["counts"]["memories"]) + 1
     )
+
+
+def test_evaluating_an_export_equals_evaluating_its_workdir(runs, tmp_path):
+    """``ebmm_tf.export`` ships the run's protocol and validation record in ``assets.extra/``; ``evaluate`` on the
+    export directory then reproduces the workdir's evaluation and writes beside the export's assets."""
+    from ebmm_tf import export as ebmm_export
+
+    export_dir = str(tmp_path / "binary" / "1")
+    ebmm_export.export_from_workdir(runs["binary"], export_dir)
+    extra = os.path.join(export_dir, "assets.extra")
+    assert sorted(os.listdir(extra)) == sorted(
+        ["ebmm_tf_export.json", "memory.keras", "operative_config.gin", "train_metrics.json"]
+    )
+    from_workdir = evaluate.evaluate(runs["binary"], num_batches=3, progress=False, output_prefix="eval_w")
+    from_export = evaluate.evaluate(export_dir, num_batches=3, progress=False)
+    assert from_export["checkpoint_kind"] == "export" and from_export["checkpoint_step"] == 6
+    assert from_export["batch_means"] == pytest.approx(from_workdir["batch_means"], abs=1e-6)
+    assert os.path.exists(os.path.join(extra, "eval.json"))
+    with pytest.raises(FileNotFoundError, match="extra file"):
+        ebmm_export.export_memory(
+            evaluate.load_model(os.path.join(extra, "memory.keras")),
+            str(tmp_path / "other" / "1"),
+            extra_files={"notes.txt": str(tmp_path / "missing.txt")},
+        )
