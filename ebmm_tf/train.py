@@ -21,8 +21,9 @@ flags.DEFINE_integer(
     "MirroredStrategy without GPUs, with Experiment.strategy = 'mirrored'); 0 leaves it alone",
 )
 flags.DEFINE_integer(
-    "intra_op_threads", 0, "threads per TensorFlow op (0: TensorFlow's default, all cores); 1 suits several "
-    "trainings sharing a small machine"
+    "intra_op_threads",
+    0,
+    "threads per TensorFlow op (0: TensorFlow's default, all cores); 1 suits several trainings sharing a small machine",
 )
 flags.DEFINE_integer("inter_op_threads", 0, "ops run concurrently (0: TensorFlow's default)")
 FLAGS = flags.FLAGS
