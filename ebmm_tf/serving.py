@@ -302,7 +302,10 @@ class ServingModule(tf.Module):
 
     # ------------------------------------------------------------------ computations (checked inputs)
     def _write_core(self, patterns):
-        state = self.memory.write(patterns)
+        # Nested step functions: the SavedModel holds one write step (and its gradients) called T times instead
+        # of T unrolled copies, several times smaller (a paper-scale conv memory: see export/README.md).
+        with self.memory.nested_step_functions():
+            state = self.memory.write(patterns)
         return [tf.cast(state.weights[n], tf.float32) for n in self._names]
 
     def _read_core(self, state_tensors, queries, mask):
@@ -311,7 +314,8 @@ class ServingModule(tf.Module):
         Always clamps with ``mask``: an all-zero mask gives ``x * 1 + q * 0 = x``, exactly the unclamped read.
         """
         state = MemoryState(dict(zip(self._names, state_tensors)))
-        iterates = self.memory.read(state, queries, mask)
+        with self.memory.nested_step_functions():
+            iterates = self.memory.read(state, queries, mask)
         stacked = tf.stack(iterates)  # [K, M, *P]
         flat = tf.reshape(stacked, [-1, *self.pattern_shape])
         energies = tf.reshape(self.memory.energy(state, flat), [self.read_steps, -1])
