@@ -94,8 +94,19 @@ def _recomputed(step):
 
 class RecallMixin:
     """``project``, ``recall``, ``reconstruction_loss`` and ``call``, shared by ``EnergyMemory`` and the learned
-    baselines (``ebmm_tf.baselines.BaselineMemory``): all of them need ``write``, ``read``, ``_cast`` and
-    ``data_range``."""
+    baselines (``ebmm_tf.baselines.BaselineMemory``), and the input check ``_cast``: all of them need ``write``,
+    ``read``, ``pattern_shape`` and ``data_range``."""
+
+    def _cast(self, x, name):
+        """``x`` as a floating tensor of the compute dtype with shape ``[batch, *pattern_shape]`` (when known)."""
+        x = tf.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            raise TypeError(f"{name} must be a floating tensor, got {x.dtype.name}")
+        x = tf.cast(x, self.compute_dtype)
+        expected = tuple(self.pattern_shape)
+        if x.shape.rank is not None and tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, expected))}], got {list(x.shape)}")
+        return x
 
     def project(self, x):
         """Clips ``x`` into the data range."""
@@ -261,11 +272,10 @@ class EnergyMemory(RecallMixin, keras.Model):
         return self.energy_net.memory_size()
 
     # ------------------------------------------------------------------ energy
-    def _cast(self, x, name):
-        x = tf.convert_to_tensor(x)
-        if not x.dtype.is_floating:
-            raise TypeError(f"{name} must be a floating tensor, got {x.dtype.name}")
-        return tf.cast(x, self.compute_dtype)
+    @property
+    def pattern_shape(self) -> tuple[int, ...]:
+        """The shape of one pattern (the energy network's)."""
+        return tuple(self.energy_net.pattern_shape)
 
     def energy(self, state: MemoryState, x):
         """``E(x; state) [batch]`` for patterns ``x [batch, *pattern_shape]``."""
@@ -289,7 +299,6 @@ class EnergyMemory(RecallMixin, keras.Model):
         """Writes ``patterns [N, *pattern_shape]`` with T steps of eq. (4); returns the ``MemoryState``."""
         first_order = self.first_order if first_order is None else first_order
         x = self._cast(patterns, "patterns")
-        self._check_patterns(x, "patterns")
         theta_bar = [tf.convert_to_tensor(v) for v in self.theta_bar]
         theta = list(theta_bar)
         rates = self.write_rates()
@@ -397,7 +406,6 @@ class EnergyMemory(RecallMixin, keras.Model):
         ``mask`` (same shape as ``queries``, 1 = known) marks dimensions clamped to the query.
         """
         q = self.project(self._cast(queries, "queries"))
-        self._check_patterns(q, "queries")
         clamped = mask is not None
         if clamped:
             mask = self._cast(mask, "mask")
@@ -436,11 +444,6 @@ class EnergyMemory(RecallMixin, keras.Model):
             return clamp(self.project(x + v)), v
 
         return read_step
-
-    def _check_patterns(self, x, name):
-        expected = self.energy_net.pattern_shape
-        if x.shape.rank is not None and tuple(x.shape[1:]) != expected:
-            raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, expected))}], got {list(x.shape)}")
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):

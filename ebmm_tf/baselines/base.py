@@ -53,16 +53,6 @@ class BaselineMemory(RecallMixin, keras.Model):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers
-    def _cast(self, x, name):
-        x = tf.convert_to_tensor(x)
-        if not x.dtype.is_floating:
-            raise TypeError(f"{name} must be a floating tensor, got {x.dtype.name}")
-        x = tf.cast(x, self.compute_dtype)
-        if x.shape.rank is not None and tuple(x.shape[1:]) != self.pattern_shape:
-            shape = ", ".join(map(str, self.pattern_shape))
-            raise ValueError(f"{name} must have shape [batch, {shape}], got {list(x.shape)}")
-        return x
-
     def squash(self, logits):
         """Decoder logits -> the data range: ``lo + (hi - lo) * sigmoid(logits)``."""
         lo, hi = self.data_range
