@@ -201,6 +201,29 @@ def _metric(records):
     return metrics.pop()
 
 
+def _series(eval_jsons, labels, default_label):
+    """Loads ``eval_jsons``; returns ``(records, metric, {label: [records]})`` keyed by ``labels`` (one per file)
+    or ``default_label(record)``."""
+    records = load_evals(eval_jsons)
+    if labels is not None and len(labels) != len(records):
+        raise ValueError(f"got {len(labels)} labels for {len(records)} eval files")
+    metric = _metric(records)
+    series = defaultdict(list)
+    for i, r in enumerate(records):
+        series[labels[i] if labels else default_label(r)].append(r)
+    return records, metric, series
+
+
+def _finish(fig, ax, path, xlabel, metric, title, dpi):
+    """The axis labels, legend and title shared by the error plots, then saves ``fig`` to ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} error per pattern")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
+    _save(fig, path, dpi)
+
+
 def _yerr(points):
     return np.array([[max(p["mean"] - p["p5"], 0.0) for p in points], [max(p["p95"] - p["mean"], 0.0) for p in points]])
 
@@ -211,13 +234,7 @@ def distortion_rate(eval_jsons, path, labels=None, title=None, logx=True, dpi=80
     Returns ``{label: [(memory_size, mean, p5, p95), ...]}`` (sorted by memory size).
     """
     plt = _pyplot()
-    records = load_evals(eval_jsons)
-    if labels is not None and len(labels) != len(records):
-        raise ValueError(f"got {len(labels)} labels for {len(records)} eval files")
-    metric = _metric(records)
-    series = defaultdict(list)
-    for i, r in enumerate(records):
-        series[labels[i] if labels else r.get("model_family", r.get("model", "?"))].append(r)
+    records, metric, series = _series(eval_jsons, labels, lambda r: r.get("model_family", r.get("model", "?")))
     fig, ax = plt.subplots(figsize=(5.0, 3.4), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color_of = {name: colors[i % len(colors)] for i, name in enumerate(sorted(series))}
@@ -246,12 +263,7 @@ def distortion_rate(eval_jsons, path, labels=None, title=None, logx=True, dpi=80
         ax.axhspan(p["p5"], p["p95"], color=color_of[name], alpha=0.1)
     if logx and any(r["memory_size"] > 0 for r in records):
         ax.set_xscale("log")
-    ax.set_xlabel("memory size (floats)")
-    ax.set_ylabel(f"{metric} error per pattern")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=8)
-    _save(fig, path, dpi)
+    _finish(fig, ax, path, "memory size (floats)", metric, title, dpi)
     return out
 
 
@@ -270,13 +282,7 @@ def noise_sweep(eval_jsons, path, param, labels=None, title=None, dpi=80):
     Lines are keyed by ``labels`` or by the evaluated workdir's name. Returns ``{label: [(value, mean, p5, p95)]}``.
     """
     plt = _pyplot()
-    records = load_evals(eval_jsons)
-    if labels is not None and len(labels) != len(records):
-        raise ValueError(f"got {len(labels)} labels for {len(records)} eval files")
-    metric = _metric(records)
-    series = defaultdict(list)
-    for i, r in enumerate(records):
-        series[labels[i] if labels else os.path.basename(str(r.get("workdir", "?")).rstrip("/"))].append(r)
+    _, metric, series = _series(eval_jsons, labels, lambda r: os.path.basename(str(r.get("workdir", "?")).rstrip("/")))
     fig, ax = plt.subplots(figsize=(5.0, 3.4), constrained_layout=True)
     out = {}
     for name, points in sorted(series.items()):
@@ -286,12 +292,7 @@ def noise_sweep(eval_jsons, path, param, labels=None, title=None, dpi=80):
         ax.errorbar(
             xs, [p["mean"] for p in points], yerr=_yerr(points), marker="o", markersize=4, capsize=3, label=name
         )
-    ax.set_xlabel(f"distortion {param}")
-    ax.set_ylabel(f"{metric} error per pattern")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=8)
-    _save(fig, path, dpi)
+    _finish(fig, ax, path, f"distortion {param}", metric, title, dpi)
     return out
 
 
