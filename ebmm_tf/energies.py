@@ -161,19 +161,25 @@ class ResBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.in_channels, self.channels, self.stride = int(in_channels), int(channels), int(stride)
         dt = self.dtype_policy
-        self.conv1 = Conv(in_channels, channels, 3, stride, name="conv1", dtype=dt)
+        self.conv1 = self._first_conv(dt)
         self.norm1 = LayerNorm(channels=channels, name="norm1", dtype=dt)
         self.conv2 = Conv(channels, channels, 3, 1, name="conv2", dtype=dt)
         self.norm2 = LayerNorm(channels=channels, name="norm2", dtype=dt)
         self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
         self.built = True
 
+    def _first_conv(self, dtype):
+        """The 3x3 convolution with the block's stride (a transposed one in ``baselines.networks.UpResBlock``)."""
+        return Conv(self.in_channels, self.channels, 3, self.stride, name="conv1", dtype=dtype)
+
+    def _shortcut_input(self, x):
+        """What the 1x1 shortcut convolution sees: ``x`` resampled to the output's spatial size."""
+        return tf.nn.avg_pool2d(x, 3, self.stride, "SAME") if self.stride > 1 else x
+
     def call(self, x):
         y = tf.tanh(self.norm1(self.conv1(x)))
         y = self.norm2(self.conv2(y))
-        if self.stride > 1:
-            x = tf.nn.avg_pool2d(x, 3, self.stride, "SAME")
-        return tf.tanh(y + self.shortcut(x))
+        return tf.tanh(y + self.shortcut(self._shortcut_input(x)))
 
     def get_config(self):
         config = super().get_config()

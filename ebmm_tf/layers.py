@@ -150,12 +150,13 @@ class Conv(keras.layers.Layer):
         super().__init__(**kwargs)
         self.in_channels, self.filters = int(in_channels), int(filters)
         self.kernel_size, self.strides, self.use_bias, self.seed = int(kernel_size), int(strides), bool(use_bias), seed
-        k = self.kernel_size
-        self.kernel = self.add_weight(
-            name="kernel", shape=(k, k, self.in_channels, self.filters), initializer=he_normal(seed)
-        )
+        self.kernel = self.add_weight(name="kernel", shape=self._kernel_shape(), initializer=he_normal(seed))
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if use_bias else None
         self.built = True
+
+    def _kernel_shape(self):
+        k = self.kernel_size
+        return (k, k, self.in_channels, self.filters)
 
     def call(self, x):
         y = conv2d_same(x, self.kernel, self.strides)

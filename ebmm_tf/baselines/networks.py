@@ -28,7 +28,7 @@ import tensorflow as tf
 
 import gin
 from ebmm_tf.energies import ResBlock
-from ebmm_tf.layers import Conv, LayerNorm, Linear, he_normal
+from ebmm_tf.layers import Conv, LayerNorm, Linear
 
 __all__ = ["ConvAutoEncoder", "ConvTranspose", "DenseAutoEncoder", "UpResBlock", "gin_factory"]
 
@@ -52,25 +52,21 @@ def gin_factory(target, name=None):
 
 
 @keras.saving.register_keras_serializable(package="ebmm_tf")
-class ConvTranspose(keras.layers.Layer):
-    """Transposed 2-D convolution, NHWC, 'SAME' padding, weights created eagerly.
+class ConvTranspose(Conv):
+    """Transposed 2-D convolution, NHWC, 'SAME' padding, weights created eagerly (``Conv``'s arguments).
 
     ``x [B, h, w, in_channels] -> [B, out_h, out_w, filters]`` with ``output_size = (out_h, out_w)`` and
     ``ceil(out / strides) == h``: the layer inverts the shape change of a strided 'SAME' convolution exactly.
     """
 
     def __init__(self, in_channels, filters, output_size, kernel_size=3, strides=2, use_bias=True, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels, self.filters = int(in_channels), int(filters)
+        super().__init__(in_channels, filters, kernel_size, strides, use_bias, seed, **kwargs)
         self.output_size = tuple(int(s) for s in output_size)
-        self.kernel_size, self.strides, self.use_bias, self.seed = int(kernel_size), int(strides), bool(use_bias), seed
-        k = self.kernel_size
+
+    def _kernel_shape(self):
         # conv2d_transpose kernels are [k, k, filters, in_channels]; HeNormal takes its fan-in from that shape.
-        self.kernel = self.add_weight(
-            name="kernel", shape=(k, k, self.filters, self.in_channels), initializer=he_normal(seed)
-        )
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if use_bias else None
-        self.built = True
+        k = self.kernel_size
+        return (k, k, self.filters, self.in_channels)
 
     def call(self, x):
         h, w = self.output_size
@@ -81,20 +77,12 @@ class ConvTranspose(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            in_channels=self.in_channels,
-            filters=self.filters,
-            output_size=list(self.output_size),
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            use_bias=self.use_bias,
-            seed=self.seed,
-        )
+        config.update(output_size=list(self.output_size))
         return config
 
 
 @keras.saving.register_keras_serializable(package="ebmm_tf")
-class UpResBlock(keras.layers.Layer):
+class UpResBlock(ResBlock):
     """Transposed ``ResBlock``: ``tanh(LN(conv3x3(tanh(LN(convT3x3_s(x))))) + conv1x1(up_s(x)))``.
 
     ``x [B, h, w, in_channels] -> [B, out_h, out_w, channels]`` (``output_size = (out_h, out_w)``); ``up_s`` is
@@ -102,28 +90,19 @@ class UpResBlock(keras.layers.Layer):
     """
 
     def __init__(self, in_channels, channels, output_size, stride=2, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels, self.channels, self.stride = int(in_channels), int(channels), int(stride)
-        self.output_size = tuple(int(s) for s in output_size)
-        dt = self.dtype_policy
-        self.conv1 = ConvTranspose(in_channels, channels, self.output_size, 3, stride, name="conv1", dtype=dt)
-        self.norm1 = LayerNorm(channels=channels, name="norm1", dtype=dt)
-        self.conv2 = Conv(channels, channels, 3, 1, name="conv2", dtype=dt)
-        self.norm2 = LayerNorm(channels=channels, name="norm2", dtype=dt)
-        self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
-        self.built = True
+        self.output_size = tuple(int(s) for s in output_size)  # read by _first_conv during ResBlock.__init__
+        super().__init__(in_channels, channels, stride, **kwargs)
 
-    def call(self, x):
-        y = tf.tanh(self.norm1(self.conv1(x)))
-        y = self.norm2(self.conv2(y))
-        up = tf.image.resize(x, self.output_size, method="nearest")
-        return tf.tanh(y + self.shortcut(up))
+    def _first_conv(self, dtype):
+        size = self.output_size
+        return ConvTranspose(self.in_channels, self.channels, size, 3, self.stride, name="conv1", dtype=dtype)
+
+    def _shortcut_input(self, x):
+        return tf.image.resize(x, self.output_size, method="nearest")
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            in_channels=self.in_channels, channels=self.channels, output_size=list(self.output_size), stride=self.stride
-        )
+        config.update(output_size=list(self.output_size))
         return config
 
 
