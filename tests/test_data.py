@@ -289,17 +289,31 @@ def test_mnist_official_idx_files(tmp_path, private_cache):
     assert x[0, 16, 16, 0] == 1 and x[0, 2, 2, 0] == 0  # ink stays 1 after upscaling
 
 
-def test_mnist_through_tfds_mock(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "source, shape, num_classes",
+    [
+        ("mnist", (32, 32, 1), 10),
+        ("cifar10", (32, 32, 3), 10),
+        ("omniglot", (32, 32, 1), None),
+        ("imagenet64", (64, 64, 3), 1000),
+    ],
+)
+def test_loaders_through_tfds_mock(source, shape, num_classes, tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.setenv(cache_lib.ENV_CACHE_DIR, "off")  # do not cache random mock data
     monkeypatch.delenv(common.ENV_DATA_DIR, raising=False)
     monkeypatch.setattr(common, "find_tfds", lambda name, data_dir, tfds_data_dir: tmp_path)
     monkeypatch.setattr(common, "tfds_fingerprint", lambda name, root: {"mock": name})
     with tfds.testing.mock_data(num_examples=12):
-        x, y = data.load_split("mnist", "train", tmp_path / "nothing_here")
-    assert x.shape == (12, 32, 32, 1) and x.dtype == np.float32
-    assert set(np.unique(x)) <= {0.0, 1.0} and 0.0 < x.mean() < 1.0
-    assert y.shape == (12,) and y.min() >= 0 and y.max() <= 9
+        x, y = data.load_split(source, "train", tmp_path / "nothing_here")
+        info = data.dataset_info(source, "train", tmp_path / "nothing_here")
+    assert x.shape == (12, *shape) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and 0.0 < x.mean() < 1.0
+    if source in ("mnist", "omniglot"):
+        assert set(np.unique(x)) <= {0.0, 1.0}
+    assert y.shape == (12,) and y.min() >= 0 and (num_classes is None or y.max() < num_classes)
+    tfds_name = {"imagenet64": "imagenet_resized/64x64"}.get(source, source)
+    assert info["origin"] == f"tfds:{tfds_name} in {tmp_path}" and not info["standin"]
 
 
 def test_sklearn_digits_standin():

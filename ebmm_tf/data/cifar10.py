@@ -90,18 +90,18 @@ def load(split: str, data_dir=None, tfds_data_dir=None) -> common.RawSplit:
         key = {"v": PREPROCESSING_VERSION, "split": split, "files": common.file_stats(files)}
         arrays, _, _ = cache_lib.cached(f"cifar10-{split}", key, lambda: _decode_local(src, split))
         return _make(arrays, split, os.fspath(src))
-    tfds_root = common.find_tfds(TFDS_NAME, data_dir, tfds_data_dir)
-    if tfds_root is not None:
-        key = {"v": PREPROCESSING_VERSION, "split": split, **common.tfds_fingerprint(TFDS_NAME, tfds_root)}
-
-        def build():
-            images, labels = common.tfds_to_numpy(
-                TFDS_NAME, split, tfds_root, lambda b: (b["image"], b["label"]), desc=f"CIFAR-10 TFDS {split}"
-            )
-            return {"images": images.astype(np.uint8), "labels": labels.astype(np.int32)}, {}
-
-        arrays, _, _ = cache_lib.cached(f"cifar10-tfds-{split}", key, build)
-        return _make(arrays, split, f"tfds:{TFDS_NAME} in {tfds_root}")
+    found = common.tfds_cached(
+        TFDS_NAME,
+        f"cifar10-tfds-{split}",
+        split,
+        PREPROCESSING_VERSION,
+        data_dir,
+        tfds_data_dir,
+        lambda root: common.tfds_images_labels(TFDS_NAME, split, root, f"CIFAR-10 TFDS {split}"),
+    )
+    if found is not None:
+        arrays, _, origin = found
+        return _make(arrays, split, origin)
     raise common.DatasetNotFoundError(
         common.missing_message(
             "CIFAR-10", split, searched, LAYOUT, TFDS_NAME, common.tfds_dirs(data_dir, tfds_data_dir)

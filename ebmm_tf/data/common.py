@@ -126,6 +126,34 @@ def tfds_fingerprint(name: str, data_dir: Path) -> dict[str, Any]:
     }
 
 
+def tfds_cached(
+    name: str,
+    cache_name: str,
+    split: str,
+    version: int,
+    data_dir,
+    tfds_data_dir,
+    build: Callable[[Path], tuple[dict, dict]],
+) -> tuple[dict, dict, str] | None:
+    """The TFDS fallback of the loaders: ``None`` if no TFDS data dir holds a prepared ``name``; otherwise
+    ``(arrays, meta, origin)`` with ``build(tfds_root) -> (arrays, meta)`` run once and cached under
+    ``cache_name`` (keyed by ``version``, ``split`` and the TFDS files' fingerprint)."""
+    from ebmm_tf.data import cache as cache_lib  # pylint: disable=g-import-not-at-top
+
+    tfds_root = find_tfds(name, data_dir, tfds_data_dir)
+    if tfds_root is None:
+        return None
+    key = {"v": version, "split": split, **tfds_fingerprint(name, tfds_root)}
+    arrays, meta, _ = cache_lib.cached(cache_name, key, lambda: build(tfds_root))
+    return arrays, meta, f"tfds:{name} in {tfds_root}"
+
+
+def tfds_images_labels(name: str, split: str, tfds_root: Path, desc: str) -> tuple[dict, dict]:
+    """A TFDS split with ``image`` / ``label`` features as ``({"images": uint8, "labels": int32}, {})``."""
+    images, labels = tfds_to_numpy(name, split, tfds_root, lambda b: (b["image"], b["label"]), desc=desc)
+    return {"images": images.astype(np.uint8), "labels": labels.astype(np.int32)}, {}
+
+
 def tfds_to_numpy(
     name: str,
     split: str,

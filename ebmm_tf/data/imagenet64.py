@@ -118,19 +118,17 @@ def load(split: str, data_dir=None, tfds_data_dir=None, allow_standin: bool = Tr
     """
     if split not in TFDS_SPLITS:
         raise ValueError(f"ImageNet 64x64 split must be one of {sorted(TFDS_SPLITS)}, got {split!r}")
-    tfds_root = common.find_tfds(TFDS_NAME, data_dir, tfds_data_dir)
-    if tfds_root is not None:
-        tsplit = TFDS_SPLITS[split]
-        key = {"v": PREPROCESSING_VERSION, "split": tsplit, **common.tfds_fingerprint(TFDS_NAME, tfds_root)}
+    tsplit = TFDS_SPLITS[split]
 
-        def build():
-            logger.warning("Materialising TFDS %s[%s] in memory (train: ~15.7 GB uint8).", TFDS_NAME, tsplit)
-            images, labels = common.tfds_to_numpy(
-                TFDS_NAME, tsplit, tfds_root, lambda b: (b["image"], b["label"]), desc=f"ImageNet64 TFDS {tsplit}"
-            )
-            return {"images": images.astype(np.uint8), "labels": labels.astype(np.int32)}, {}
+    def build(tfds_root):
+        logger.warning("Materialising TFDS %s[%s] in memory (train: ~15.7 GB uint8).", TFDS_NAME, tsplit)
+        return common.tfds_images_labels(TFDS_NAME, tsplit, tfds_root, f"ImageNet64 TFDS {tsplit}")
 
-        arrays, _, _ = cache_lib.cached(f"imagenet64-tfds-{split}", key, build)
+    found = common.tfds_cached(
+        TFDS_NAME, f"imagenet64-tfds-{split}", tsplit, PREPROCESSING_VERSION, data_dir, tfds_data_dir, build
+    )
+    if found is not None:
+        arrays, _, origin = found
         images, labels = arrays["images"], arrays["labels"]
         return common.RawSplit(
             images=images,
@@ -139,7 +137,7 @@ def load(split: str, data_dir=None, tfds_data_dir=None, allow_standin: bool = Tr
             info={
                 "source": "imagenet64",
                 "split": split,
-                "origin": f"tfds:{TFDS_NAME} in {tfds_root}",
+                "origin": origin,
                 "num_examples": int(len(images)),
                 "num_classes": 1000,
                 "standin": False,

@@ -97,11 +97,18 @@ def load(split: str, data_dir=None, tfds_data_dir=None) -> common.RawSplit:
 
         arrays, _, _ = cache_lib.cached(f"mnist-{split}", key, build_local)
         return _make(arrays, split, os.fspath(found[0].parent))
-    tfds_root = common.find_tfds(TFDS_NAME, data_dir, tfds_data_dir)
-    if tfds_root is not None:
-        key = {"v": PREPROCESSING_VERSION, "split": split, **common.tfds_fingerprint(TFDS_NAME, tfds_root)}
-        arrays, _, _ = cache_lib.cached(f"mnist-tfds-{split}", key, lambda: load_tfds_arrays(split, tfds_root))
-        return _make(arrays, split, f"tfds:{TFDS_NAME} in {tfds_root}")
+    found = common.tfds_cached(
+        TFDS_NAME,
+        f"mnist-tfds-{split}",
+        split,
+        PREPROCESSING_VERSION,
+        data_dir,
+        tfds_data_dir,
+        lambda root: load_tfds_arrays(split, root),
+    )
+    if found is not None:
+        arrays, _, origin = found
+        return _make(arrays, split, origin)
     raise common.DatasetNotFoundError(
         common.missing_message(
             "MNIST",

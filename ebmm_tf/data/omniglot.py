@@ -155,20 +155,19 @@ def load(split: str, data_dir=None, tfds_data_dir=None) -> common.RawSplit:
         key = {"v": PREPROCESSING_VERSION, "split": split, "files": stats}
         arrays, meta, _ = cache_lib.cached(f"omniglot-{split}", key, lambda: _decode_local(src, split))
         return _make(arrays, meta, split, os.fspath(src))
-    tfds_root = common.find_tfds(TFDS_NAME, data_dir, tfds_data_dir)
-    if tfds_root is not None:
-        key = {"v": PREPROCESSING_VERSION, "split": split, **common.tfds_fingerprint(TFDS_NAME, tfds_root)}
 
-        def build():
-            logger.info("Reading Omniglot %s from TFDS in %s: first run, cached afterwards.", split, tfds_root)
-            images, labels = common.tfds_to_numpy(
-                TFDS_NAME, split, tfds_root, _tfds_convert, desc=f"Omniglot TFDS {split}"
-            )
-            ids, names = common.contiguous_labels(labels)
-            return {"images": images, "labels": ids}, {"class_names": [str(n) for n in names]}
+    def build(tfds_root):
+        logger.info("Reading Omniglot %s from TFDS in %s: first run, cached afterwards.", split, tfds_root)
+        images, labels = common.tfds_to_numpy(TFDS_NAME, split, tfds_root, _tfds_convert, desc=f"Omniglot TFDS {split}")
+        ids, names = common.contiguous_labels(labels)
+        return {"images": images, "labels": ids}, {"class_names": [str(n) for n in names]}
 
-        arrays, meta, _ = cache_lib.cached(f"omniglot-tfds-{split}", key, build)
-        return _make(arrays, meta, split, f"tfds:{TFDS_NAME} in {tfds_root}")
+    found = common.tfds_cached(
+        TFDS_NAME, f"omniglot-tfds-{split}", split, PREPROCESSING_VERSION, data_dir, tfds_data_dir, build
+    )
+    if found is not None:
+        arrays, meta, origin = found
+        return _make(arrays, meta, split, origin)
     raise common.DatasetNotFoundError(
         common.missing_message(
             "Omniglot", split, searched, LAYOUT, TFDS_NAME, common.tfds_dirs(data_dir, tfds_data_dir)
