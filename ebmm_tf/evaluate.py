@@ -231,13 +231,6 @@ def model_family(model) -> str:
     return type(model).__name__
 
 
-def _pattern_shape(model):
-    shape = getattr(model, "pattern_shape", None)
-    if shape is None:
-        shape = model.energy_net.pattern_shape
-    return tuple(shape)
-
-
 def _hardware():
     cpu = platform.processor() or platform.machine()
     try:
@@ -448,7 +441,7 @@ def evaluate(
     protocol = load_protocol(workdir, gin_params)
     _check_seed(protocol, seed, split)
     model = load_model(path)
-    shape = _pattern_shape(model)
+    shape = tuple(model.pattern_shape)
     expected = data_lib.pattern_shape(protocol.source)
     if tuple(expected) != shape:
         raise ValueError(f"the model stores patterns of shape {shape}, but {protocol.source} has {tuple(expected)}")

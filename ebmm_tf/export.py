@@ -182,7 +182,7 @@ def verify_export(memory: EnergyMemory, export_dir, num_patterns=4, seed=0, atol
     """
     rng = np.random.default_rng(seed)
     lo, hi = memory.data_range
-    shape = (num_patterns,) + tuple(memory.energy_net.pattern_shape)
+    shape = (num_patterns,) + tuple(memory.pattern_shape)
     x = rng.uniform(lo, hi, size=shape).astype(np.float32)
     q = rng.uniform(lo, hi, size=shape).astype(np.float32)
     loaded = tf.saved_model.load(export_dir)

@@ -128,7 +128,7 @@ class ServingModule(tf.Module):
         self._holder = _Untracked(memory)  # keeps the Keras model out of the saved object graph (see above)
         self._names, self._keys = names, keys
         self._state_shapes = [tuple(spec[n][0]) for n in names]
-        self.pattern_shape = tuple(memory.energy_net.pattern_shape)
+        self.pattern_shape = tuple(memory.pattern_shape)
         self.read_steps = memory.read_steps
         lo, hi = memory.data_range
         self._range = (lo, hi, range_tolerance * (hi - lo))
@@ -360,7 +360,7 @@ def describe(memory: EnergyMemory) -> dict:
         "format": "ebmm_tf SavedModel export, version 1",
         "signatures": list(SIGNATURES),
         "serving_default": SERVING_DEFAULT,
-        "pattern_shape": list(memory.energy_net.pattern_shape),
+        "pattern_shape": list(memory.pattern_shape),
         "data_range": list(memory.data_range),
         "write_steps": memory.write_steps,
         "read_steps": memory.read_steps,

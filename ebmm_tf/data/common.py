@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ebmm_tf.data import cache as cache_lib
+
 logger = logging.getLogger("ebmm_tf.data")
 
 ENV_DATA_DIR = "EBMM_DATA_DIR"
@@ -138,8 +140,6 @@ def tfds_cached(
     """The TFDS fallback of the loaders: ``None`` if no TFDS data dir holds a prepared ``name``; otherwise
     ``(arrays, meta, origin)`` with ``build(tfds_root) -> (arrays, meta)`` run once and cached under
     ``cache_name`` (keyed by ``version``, ``split`` and the TFDS files' fingerprint)."""
-    from ebmm_tf.data import cache as cache_lib  # pylint: disable=g-import-not-at-top
-
     tfds_root = find_tfds(name, data_dir, tfds_data_dir)
     if tfds_root is None:
         return None
