@@ -52,7 +52,8 @@ def make_episodes(
     Args:
       source: one of ``ebmm_tf.data.SOURCES``; ``"binary_strings"`` generates ``dim`` random +-1 bits
         per pattern (Appendix A.2); the others sample from the in-memory split (see ``load_split``).
-      split: "train" or "test".
+      split: one of ``ebmm_tf.data.SPLITS``: "train", "test", or the two parts of "train", "validation" and
+        "train_minus_validation" (see ``ebmm_tf.data.registry``).
       num_patterns: N, patterns per episode (drawn without replacement within an episode).
       distortion: a callable ``(patterns, seed) -> Distorted`` (``ebmm_tf.distortions``), or a
         distortion class (instantiated with its gin defaults), or None: queries = patterns and the

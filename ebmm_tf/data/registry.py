@@ -1,6 +1,18 @@
-"""Source names, their data ranges and pattern shapes, and :func:`load_split`."""
+"""Source names, their data ranges and pattern shapes, and :func:`load_split`.
+
+Splits: ``"train"`` and ``"test"`` are the dataset's own (the paper trains on the first and reports on the
+second). ``"validation"`` and ``"train_minus_validation"`` partition ``"train"``, so that model selection never
+looks at the test split: meta-training uses the second and selects checkpoints on the first (the default of
+``ebmm_tf.trainer.Experiment``). The validation part is fixed (no seed): for sources with one class per
+character (Omniglot) it is every ``VALIDATION_EVERY``-th class (whole characters held out, as the test alphabets
+are), for the others every ``VALIDATION_EVERY``-th image of the training split.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
 
 from ebmm_tf.data import binary_strings, cifar10, common, imagenet64, mnist, omniglot
 
@@ -12,7 +24,9 @@ _SHAPES = {
     "sklearn_digits": mnist.IMAGE_SHAPE,  # MNIST stand-in, binarized, {0, 1}
 }
 SOURCES = ("binary_strings",) + tuple(_SHAPES)
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "validation", "train_minus_validation")
+VALIDATION_EVERY = 10  # 1 in 10 classes (Omniglot) or images (others) of the training split is held out
+_HOLD_OUT_CLASSES = ("omniglot",)  # sources whose validation split holds out whole classes
 
 
 def _check(source: str) -> None:
@@ -42,17 +56,50 @@ def load_raw(source: str, split: str, data_dir=None, *, tfds_data_dir=None) -> c
             "binary_strings has no stored data: patterns are generated per episode "
             "(use make_episodes('binary_strings', ...) or binary_strings.generate)."
         )
+    stored = "test" if split == "test" else "train"  # validation parts are cut from the training split
     if source == "sklearn_digits":
-        return mnist.load_digits_standin(split)
-    module = {"omniglot": omniglot, "cifar10": cifar10, "imagenet64": imagenet64, "mnist": mnist}[source]
-    return module.load(split, data_dir=data_dir, tfds_data_dir=tfds_data_dir)
+        raw = mnist.load_digits_standin(stored)
+    else:
+        module = {"omniglot": omniglot, "cifar10": cifar10, "imagenet64": imagenet64, "mnist": mnist}[source]
+        raw = module.load(stored, data_dir=data_dir, tfds_data_dir=tfds_data_dir)
+    return raw if split in ("train", "test") else _partition(source, raw, split)
+
+
+def validation_mask(source: str, num_examples: int, labels=None) -> np.ndarray:
+    """bool [num_examples]: which examples of the training split form the validation split."""
+    if source in _HOLD_OUT_CLASSES and labels is not None:
+        return np.asarray(labels) % VALIDATION_EVERY == VALIDATION_EVERY - 1
+    return np.arange(num_examples) % VALIDATION_EVERY == VALIDATION_EVERY - 1
+
+
+def _partition(source: str, raw: common.RawSplit, split: str) -> common.RawSplit:
+    """The ``"validation"`` or ``"train_minus_validation"`` part of the dataset's training split ``raw``."""
+    held = validation_mask(source, raw.images.shape[0], raw.labels)
+    keep = held if split == "validation" else ~held
+    labels = None if raw.labels is None else raw.labels[keep]
+    if labels is not None and source in _HOLD_OUT_CLASSES:
+        labels = np.unique(labels, return_inverse=True)[1].astype(np.int32)  # contiguous again
+    unit = "classes" if source in _HOLD_OUT_CLASSES and raw.labels is not None else "images"
+    info = dict(raw.info)
+    info.update(
+        split=split,
+        num_examples=int(keep.sum()),
+        description=f"{raw.info['description']} [{split}: "
+        + ("every" if split == "validation" else "all but every")
+        + f" {VALIDATION_EVERY}th of the training split's {unit}]",
+    )
+    info.pop("class_names", None)
+    if labels is not None:
+        info["num_classes"] = int(len(np.unique(labels)))
+    return dataclasses.replace(raw, images=raw.images[keep], labels=labels, info=info)
 
 
 def load_split(source: str, split: str, data_dir=None, *, tfds_data_dir=None):
     """Returns ``(images float32 [M, H, W, C] in the data range, labels int32 [M] or None)``.
 
     ``source`` in ``SOURCES`` (``"binary_strings"`` is not loadable and raises ValueError), ``split`` in
-    ``{"train", "test"}``. See the per-source modules for preprocessing and where the data is looked
+    ``SPLITS`` (``"validation"`` / ``"train_minus_validation"``: the two parts of ``"train"``, see the module
+    docstring). See the per-source modules for preprocessing and where the data is looked
     up; a missing dataset raises :class:`~ebmm_tf.data.common.DatasetNotFoundError`.
     """
     raw = load_raw(source, split, data_dir, tfds_data_dir=tfds_data_dir)
