@@ -217,7 +217,7 @@ def load_protocol(workdir, gin_params=()) -> Protocol:
             data_dir=get("data_dir"),
             train_seed=get("seed", 0),
             validation_seed=get("validation_seed", 10_007),
-            validation_split=get("validation_split", "test"),
+            validation_split=get("validation_split", "validation"),
         )
     finally:
         gin.clear_config()
@@ -270,21 +270,6 @@ def _episodes(protocol: Protocol, split, seed, data_dir, with_indices=False):
     )
 
 
-def _make_eval_step(model, protocol: Protocol):
-    """``tf.function`` ``episode -> (errors [K, N] per read iterate, query errors [N])``."""
-    import tensorflow as tf
-
-    from ebmm_tf import trainer
-
-    def step(patterns, queries, clamp):
-        state = model.write(patterns)
-        iterates = model.read(state, queries, clamp if protocol.clamps else None)
-        errors = tf.stack([trainer.per_pattern_error(protocol.source, patterns, it) for it in iterates])
-        return errors, trainer.per_pattern_error(protocol.source, patterns, queries)
-
-    return tf.function(step)
-
-
 def evaluate_model(
     model,
     protocol: Protocol,
@@ -294,15 +279,20 @@ def evaluate_model(
     data_dir=None,
     progress=True,
     keep_first=False,
+    memory_use=True,
 ):
     """Runs the protocol with ``model`` on ``num_batches`` episodes of ``split``; returns the summary dict.
 
     ``model`` needs ``write``, ``read`` (list of iterates) and ``memory_size()``. Keys: ``mean``, ``p5``, ``p95``
     (percentiles of the per-batch means), ``num_batches``, ``num_patterns`` (= num_batches * N), ``query_mean``,
     ``query_p5``, ``query_p95``, ``per_iterate_mean`` [K], ``batch_means`` [num_batches], ``metric``, ``N``,
-    ``memory_size``, ``seed``, ``split``, ``wall_seconds``. With ``keep_first`` the first episode is returned
-    under the private key ``_first_episode`` (for figures).
+    ``memory_size``, ``seed``, ``split``, ``wall_seconds``. With ``memory_use`` (default) also the memory-use
+    diagnostics of ``ebmm_tf.diagnostics`` (each episode's queries read from the previous episode's memory
+    too): ``memory_gain`` [``memory_gain_p5``, ``memory_gain_p95``], ``cross_mean``, ``uses_memory``,
+    ``energy_auc`` and ``write_layers`` / ``write_cosine`` / ``write_relative``. With ``keep_first`` the first
+    episode is returned under the private key ``_first_episode`` (for figures).
     """
+    from ebmm_tf import diagnostics
     from ebmm_tf import metrics as metrics_lib
 
     if num_batches < 1:
@@ -310,31 +300,39 @@ def evaluate_model(
     start = time.time()
     data_dir = data_dir or protocol.data_dir
     ds = _episodes(protocol, split, seed, data_dir).take(int(num_batches))
-    step = _make_eval_step(model, protocol)
+    probe = diagnostics.MemoryUseProbe(model, protocol.source, protocol.clamps)
     summary, query_summary = metrics_lib.ErrorSummary(), metrics_lib.ErrorSummary()
-    iterate_sums = None
-    first = None
+    sums = []
+    first = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=int(num_batches), unit="batch", desc="evaluating", dynamic_ncols=True, file=sys.stderr)
+
+    def collect(episode, own):
+        errors = own["errors"].numpy()
+        summary.accumulate(errors[-1])
+        query_summary.accumulate(own["query_errors"].numpy())
+        sums.append(errors.sum(axis=1))
+        if keep_first and not first:
+            first.append({k: v.numpy() for k, v in episode.items()})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(error=f"{summary.result()['mean']:.3f}", refresh=False)
+
     try:
-        for episode in ds:
-            errors, query_errors = step(episode["patterns"], episode["queries"], episode["clamp"])
-            errors = errors.numpy()
-            summary.accumulate(errors[-1])
-            query_summary.accumulate(query_errors.numpy())
-            sums = errors.sum(axis=1)
-            iterate_sums = sums if iterate_sums is None else iterate_sums + sums
-            if keep_first and first is None:
-                first = {k: v.numpy() for k, v in episode.items()}
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(error=f"{summary.result()['mean']:.3f}", refresh=False)
+        if memory_use:
+            use = probe.run(ds, collect)
+        else:
+            use = {}
+            for episode in ds:
+                collect(episode, probe.own(episode))
     finally:
         if bar is not None:
             bar.close()
+    iterate_sums = np.sum(sums, axis=0)
+    first = first[0] if first else None
     result = summary.result()
     q = query_summary.result()
     result.update(
@@ -348,6 +346,7 @@ def evaluate_model(
         memory_size=int(model.memory_size()),
         seed=int(seed),
         split=split,
+        **use,
         wall_seconds=time.time() - start,
     )
     if keep_first:
@@ -361,7 +360,8 @@ def _check_seed(protocol: Protocol, seed, split):
             f"seed {seed} is the run's training seed (Experiment.seed): pick another --seed "
             f"(default {EVAL_SEED}); binary-string episodes would even repeat the training episodes."
         )
-    if protocol.validation_seed is not None and seed == protocol.validation_seed and split == protocol.validation_split:
+    same_episodes = split == protocol.validation_split or protocol.source == "binary_strings"  # generated: no split
+    if protocol.validation_seed is not None and seed == protocol.validation_seed and same_episodes:
         raise ValueError(
             f"seed {seed} is the run's validation seed on the {split} split: these episodes selected the best "
             f"checkpoint. Pick another --seed (default {EVAL_SEED})."
@@ -390,6 +390,30 @@ def _markdown(r):
         "",
         "Per read iterate (mean): " + ", ".join(f"{v:.3f}" for v in r["per_iterate_mean"]),
     ]
+    if r.get("memory_pairs"):
+        lines += [
+            "",
+            "Memory use (each batch's queries also read from another batch's memory):",
+            "",
+            "| | value |",
+            "|---|---|",
+            f"| {r['metric']} error from another batch's memory | {r['cross_mean']:.3f} |",
+            f"| memory gain (other - own) [p5, p95] | {r['memory_gain']:.3f} [{r['memory_gain_p5']:.3f}, "
+            f"{r['memory_gain_p95']:.3f}] |",
+        ]
+        if "energy_auc" in r:
+            lines.append(f"| energy AUC, stored vs non-stored | {r['energy_auc']:.3f} |")
+        for name, layer in r.get("write_layers", {}).items():
+            lines.append(
+                f"| write of `{name}`: relative size, cosine between two batches | {layer['relative_write']:.3g}, "
+                f"{layer['write_cosine']:.3f} |"
+            )
+        lines += [
+            "",
+            "Uses its memory."
+            if r["uses_memory"]
+            else "**Does not use its memory**: recall from another batch's memory is as good as from its own.",
+        ]
     if r.get("gin_params"):
         lines += ["", "Overrides: " + "; ".join(f"`{p}`" for p in r["gin_params"])]
     if r.get("figures"):
@@ -428,6 +452,7 @@ def evaluate(
     split="test",
     progress=True,
     command=None,
+    memory_use=True,
 ):
     """Evaluates the run in ``workdir`` (see the module docstring); writes ``<prefix>.json`` / ``.md``.
 
@@ -459,7 +484,15 @@ def evaluate(
         seed,
     )
     result = evaluate_model(
-        model, protocol, num_batches, seed=seed, split=split, data_dir=data_dir, progress=progress, keep_first=figures
+        model,
+        protocol,
+        num_batches,
+        seed=seed,
+        split=split,
+        data_dir=data_dir,
+        progress=progress,
+        keep_first=figures,
+        memory_use=memory_use,
     )
     first = result.pop("_first_episode", None)
     info = data_lib.dataset_info(protocol.source, split, data_dir)
@@ -626,8 +659,11 @@ def _define_flags():
     flags.DEFINE_bool("figures", False, "also write the retrieval grid and (EBMM) energy histogram PNGs")
     flags.DEFINE_integer("figure_batches", 10, "episodes pooled in the energy histogram")
     flags.DEFINE_enum("checkpoint", "auto", ["auto", "best", "latest"], "which saved model to evaluate")
-    flags.DEFINE_enum("split", "test", ["test", "train"], "data split")
+    flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "data split")
     flags.DEFINE_bool("progress", True, "show a progress bar")
+    flags.DEFINE_bool(
+        "memory_use", True, "also read each batch from another batch's memory: memory gain, energy AUC, writes"
+    )
 
 
 def main(argv):
@@ -649,6 +685,7 @@ def main(argv):
         checkpoint=FLAGS.checkpoint,
         split=FLAGS.split,
         progress=FLAGS.progress,
+        memory_use=FLAGS.memory_use,
         command=" ".join(["python -m ebmm_tf.evaluate"] + sys.argv[1:]),
     )
     print(_markdown(r), end="", flush=True)

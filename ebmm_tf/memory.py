@@ -267,6 +267,73 @@ class EnergyMemory(RecallMixin, keras.Model):
         first = tf.sigmoid(self.momentum_raw)[None]
         return first * tf.math.cumprod(tf.concat([tf.ones_like(first), tf.sigmoid(self.momentum_logits)], 0))
 
+    def rate_variables(self) -> list:
+        """The learned step sizes of write and read: write rates, alpha, beta, read steps and momenta."""
+        return [
+            self.write_rates_raw,
+            self.alpha_raw,
+            self.beta_raw,
+            self.read_step_raw,
+            self.read_step_logits,
+            self.momentum_raw,
+            self.momentum_logits,
+        ]
+
+    def scale_write_rates(self, factors) -> None:
+        """Multiplies the write rates of each term in ``factors`` (``{"energy": 2.0, ...}``) by its factor."""
+        unknown = set(factors) - set(_WRITE_TERMS)
+        if unknown:
+            raise ValueError(f"unknown write terms {sorted(unknown)}; expected some of {_WRITE_TERMS}")
+        rates = self.write_rates().numpy().astype(np.float64)
+        for term, factor in factors.items():
+            if not factor > 0:
+                raise ValueError(f"write-rate factor of {term!r} must be positive, got {factor}")
+            rates[..., _WRITE_TERMS.index(term)] *= float(factor)
+        self._set_write_rates(rates)
+
+    def _set_write_rates(self, rates) -> None:
+        raw = np.vectorize(inverse_softplus)(np.maximum(np.asarray(rates, np.float64), 1e-30))
+        self.write_rates_raw.assign(raw.astype(self.write_rates_raw.dtype))
+
+    def balance_write_rates(self, patterns, energy_fraction=0.03, gradient_fraction=0.01):
+        """Sets the write rates from one batch so that the terms of the first write step are balanced.
+
+        For each writable layer ``l``, the energy-term rate becomes ``energy_fraction * ||theta_bar_l|| /
+        ||grad_l mean_i E||`` and the gradient-norm rate ``gradient_fraction * ||theta_bar_l|| / (alpha *
+        ||grad_l mean_i ||grad_x E||^2||)``, both measured at ``theta_bar`` on ``patterns``: the first write step
+        of each term then moves each layer by that fraction of its norm, whatever the scale of the two
+        gradients (for convolutional energies the gradient-norm term's gradient can be three orders of
+        magnitude larger than the energy's). The prior term's rate (zero gradient at ``theta_bar``) is kept.
+        Every write step gets the same rates. Returns the ``[layers, 2]`` (energy, gradient) rates set.
+        """
+        if not (energy_fraction > 0 and gradient_fraction > 0):
+            raise ValueError(f"fractions must be positive, got {energy_fraction}, {gradient_fraction}")
+        x = self._cast(patterns, "patterns")
+        theta = [tf.convert_to_tensor(v) for v in self.theta_bar]
+        n = tf.cast(tf.shape(x)[0], x.dtype)
+        grad_energy, grad_gradnorm = self._write_gradients(x, theta, n)
+        num_layers = self.write_rates_raw.shape[1]
+
+        def layer_norms(tensors):
+            sq = np.zeros(num_layers)
+            for j, t in enumerate(tensors):
+                sq[self._layer_of[j]] += float(tf.reduce_sum(tf.square(t)))
+            return np.sqrt(sq)
+
+        bar, g_e, g_g = layer_norms(theta), layer_norms(grad_energy), layer_norms(grad_gradnorm)
+        alpha = float(self.alpha())
+        rates = self.write_rates().numpy().astype(np.float64)
+        chosen = np.zeros((num_layers, 2))
+        tiny = 1e-30
+        chosen[:, 0] = energy_fraction * bar / np.maximum(g_e, tiny)
+        chosen[:, 1] = gradient_fraction * bar / np.maximum(alpha * g_g, tiny)
+        if not np.all(np.isfinite(chosen)) or np.any(bar == 0):
+            raise ValueError(f"cannot balance write rates: layer norms {bar}, gradient norms {g_e}, {g_g}")
+        rates[..., 0] = chosen[None, :, 0]
+        rates[..., 1] = chosen[None, :, 1]
+        self._set_write_rates(rates)
+        return chosen
+
     def memory_size(self) -> int:
         """Writable floats per memory (the paper's memory size)."""
         return self.energy_net.memory_size()

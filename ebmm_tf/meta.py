@@ -52,6 +52,12 @@ class MetaLearner:
       first_order: overrides ``memory.first_order`` for training if not ``None``.
       jit_compile: compile the gradient computation with XLA. Off by default: on CPU the XLA step is slower
         and takes minutes to compile at paper scale (docs/performance.md).
+      rate_learning_rate: if set, the learned write and read step sizes (``EnergyMemory.rate_variables``) get
+        their own Adam optimiser with this learning rate (no weight decay) instead of the AdamW of the other
+        weights: the rates are few, and a CPU-scale run needs them to move faster than the weights. Clipping
+        still applies to the global norm of all gradients together.
+      decay_steps, decay_to: if ``decay_steps`` is set, both learning rates follow a cosine decay from their
+        value to ``decay_to`` times it over ``decay_steps`` optimiser steps (then stay there); default constant.
       nested_steps: trace each write and read step once as a nested ``tf.function`` instead of unrolling all
         of them into one graph (``EnergyMemory.nested_step_functions``): same maths, several times less time
         before the first step, same step time (docs/performance.md). Ignored with ``jit_compile``.
@@ -67,6 +73,9 @@ class MetaLearner:
         first_order=None,
         jit_compile=False,
         nested_steps=True,
+        rate_learning_rate=None,
+        decay_steps=None,
+        decay_to=0.1,
     ):
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
@@ -78,10 +87,32 @@ class MetaLearner:
         self.first_order = first_order
         self.nested_steps = bool(nested_steps)
         self.jit_compile = bool(jit_compile)
-        with self.strategy.scope():
-            self.optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
-            self.optimizer.build(memory.trainable_variables)
+        if rate_learning_rate is not None and rate_learning_rate <= 0:
+            raise ValueError(f"rate_learning_rate must be positive or None, got {rate_learning_rate}")
         self.variables = list(memory.trainable_variables)
+        rate_ids = set()
+        if rate_learning_rate is not None:
+            if not hasattr(memory, "rate_variables"):
+                raise ValueError(f"rate_learning_rate needs a model with rate_variables(), got {type(memory).__name__}")
+            rate_ids = {id(v) for v in memory.rate_variables()}
+        self._is_rate = [id(v) in rate_ids for v in self.variables]
+        if decay_steps is not None and (decay_steps < 1 or not 0.0 <= decay_to <= 1.0):
+            raise ValueError(f"need decay_steps >= 1 and 0 <= decay_to <= 1, got {decay_steps}, {decay_to}")
+
+        def schedule(lr):
+            if decay_steps is None:
+                return lr
+            return keras.optimizers.schedules.CosineDecay(lr, int(decay_steps), alpha=float(decay_to))
+
+        with self.strategy.scope():
+            self.optimizer = keras.optimizers.AdamW(learning_rate=schedule(learning_rate), weight_decay=weight_decay)
+            self.optimizer.build([v for v, r in zip(self.variables, self._is_rate) if not r])
+            self.rate_optimizer = None
+            if rate_ids:
+                self.rate_optimizer = keras.optimizers.Adam(
+                    learning_rate=schedule(rate_learning_rate), name="rate_adam"
+                )
+                self.rate_optimizer.build([v for v, r in zip(self.variables, self._is_rate) if r])
         # autograph=False: the meta-step has no tensor-dependent Python control flow (every loop is a fixed
         # unroll), and converting its code adds seconds to every trace of the large meta-gradient graph.
         self._compute = tf.function(self._compute_impl, jit_compile=jit_compile, autograph=False)
@@ -117,7 +148,10 @@ class MetaLearner:
     def _apply_impl(self, grads):
         if self.clip_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
-        self.optimizer.apply_gradients(zip(grads, self.variables))
+        pairs = list(zip(grads, self.variables))
+        self.optimizer.apply_gradients([p for p, r in zip(pairs, self._is_rate) if not r])
+        if self.rate_optimizer is not None:
+            self.rate_optimizer.apply_gradients([p for p, r in zip(pairs, self._is_rate) if r])
         return self.optimizer.iterations
 
     # --------------------------------------------------------------- public

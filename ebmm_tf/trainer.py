@@ -38,10 +38,12 @@ import tensorflow as tf
 import gin
 from ebmm_tf import (
     configurables,
+    diagnostics,
     distortions,  # noqa: F401  (registers the distortions with gin)
 )
 from ebmm_tf import data as data_lib
 from ebmm_tf import metrics as metrics_lib
+from ebmm_tf.baselines import autoencoder, memnet  # noqa: F401  (Keras classes a warm start may load)
 from ebmm_tf.energies import EnergyNetwork
 from ebmm_tf.memory import EnergyMemory
 from ebmm_tf.meta import MetaLearner
@@ -115,8 +117,11 @@ class Experiment:
       data_dir: dataset directory (default ``$EBMM_DATA_DIR``; see ``ebmm_tf.data``).
       sampler, num_classes: episode sampler (``uniform`` or A.7's ``correlated`` with ``num_classes``).
       validation_split, validation_episodes, validation_every, validation_seed: held-out episodes used to pick
-        the best model. They come from a seed stream distinct from the training stream and from
-        ``ebmm_tf.evaluate``'s default seed.
+        the best model. The default split, ``"validation"``, is held out of the dataset's training split (whole
+        Omniglot characters, 1 in 10 images elsewhere; ``ebmm_tf.data.registry``), so that model selection
+        never sees the test split; training then uses the rest (``"train_minus_validation"``); with any other
+        validation split training uses the whole ``"train"`` split. Episodes come from a seed stream distinct from the
+        training stream and from ``ebmm_tf.evaluate``'s default seed.
       checkpoint_every, checkpoint_secs, keep_checkpoints: checkpoint cadence (steps or seconds, whichever first).
       log_every, summary_every, image_every: cadences of log lines / scalar summaries / image grids (steps).
       strategy: ``auto``, ``default``, ``mirrored`` or ``multi_worker`` (see ``make_strategy``).
@@ -127,6 +132,31 @@ class Experiment:
         (gin: ``@EnergyMemory`` bindings). Baselines with EnergyMemory's interface (``write``, ``read``,
         ``recall``, ``reconstruction_loss``, ``memory_size``, ``data_range``, ``pattern_shape``), e.g.
         ``@DenoisingAutoEncoder`` or ``@MemoryNetwork`` of ``ebmm_tf.baselines``, are meta-trained the same way.
+      init_from: path of a saved ``memory.keras`` (e.g. another run's ``best/memory.keras``) whose weights start
+        this run (a warm start, e.g. from a memory trained at a smaller N). Used only when the run starts at step
+        0; the architecture must match. The optimiser starts fresh.
+      init_write_rate_scale: with ``init_from``, multiply the loaded write rates of each term by a factor, as
+        ``{"energy": 4.0, "gradient": 4.0}`` (a write step is a mean over the N patterns, so moving from N to 4N
+        patterns at the same per-pattern step takes 4x the rates).
+      balance_write_rates: ``None`` or ``(energy_fraction, gradient_fraction)``: at the start of a run (step 0),
+        set every write rate so that on the first training episode each writable layer's first write step of
+        the energy term (of the gradient-norm term) moves that layer by the given fraction of
+        ``||theta_bar||`` (``EnergyMemory.balance_write_rates``), whatever the scale of the two gradients.
+      curriculum: numbers of patterns to train with before ``num_patterns``, increasing, e.g. ``(4, 8, 16, 32)``
+        for a final N of 64. The run moves to the next N when the validation memory gain (at the current N) is
+        at least ``curriculum_gain`` on ``curriculum_patience`` validations in a row, after at least
+        ``curriculum_min_steps`` steps at that N, or anyway after ``curriculum_max_steps`` steps (None: never).
+        On each move, the write rates of the terms in ``curriculum_rate_scale`` are multiplied by the ratio of
+        the new N to the old (the write gradient is a mean over the N patterns). With ``curriculum_below_query``
+        a validation passes only if its error is also below the query's (a memory that degrades the queries can
+        show a gain too). Validation
+        uses the current N,
+        and the best model is the best at the final N once it is reached. The stage is checkpointed.
+      mix_random_images: for image sources, the fraction of training steps whose episode is made of random
+        binary images (each pixel 1 with probability ``mix_density``) distorted like the data: episodes that no
+        memory-less denoiser can recall, so they reward using the memory. ``mix_warmup_steps``: the first steps
+        use random images only.
+      select_by: which validation picks ``best/``: ``"error"`` (lowest error) or ``"memory_gain"`` (highest).
     """
 
     def __init__(
@@ -141,7 +171,7 @@ class Experiment:
         data_dir=None,
         sampler="uniform",
         num_classes=2,
-        validation_split="test",
+        validation_split="validation",
         validation_episodes=20,
         validation_every=250,
         validation_seed=10_007,
@@ -155,6 +185,20 @@ class Experiment:
         deterministic=True,
         progress=True,
         model=None,
+        init_from=None,
+        init_write_rate_scale=None,
+        balance_write_rates=None,
+        curriculum=(),
+        curriculum_gain=4.0,
+        curriculum_patience=2,
+        curriculum_min_steps=0,
+        curriculum_max_steps=None,
+        curriculum_rate_scale=("energy",),
+        curriculum_below_query=True,
+        mix_random_images=0.0,
+        mix_warmup_steps=0,
+        mix_density=0.5,
+        select_by="error",
     ):
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
@@ -162,9 +206,31 @@ class Experiment:
             raise ValueError(f"Unknown source {source!r}; expected one of {data_lib.SOURCES}")
         self.workdir = os.path.abspath(workdir)
         self.source, self.num_patterns, self.distortion = source, int(num_patterns), distortion
+        self.curriculum = [int(n) for n in curriculum or ()] + [self.num_patterns]
+        if any(b <= a for a, b in zip(self.curriculum, self.curriculum[1:])) or self.curriculum[0] < 1:
+            raise ValueError(f"curriculum must be increasing positive N below num_patterns, got {self.curriculum}")
+        self.curriculum_gain, self.curriculum_patience = float(curriculum_gain), int(curriculum_patience)
+        self.curriculum_min_steps = int(curriculum_min_steps)
+        self.curriculum_max_steps = None if curriculum_max_steps is None else int(curriculum_max_steps)
+        self.curriculum_rate_scale = tuple(curriculum_rate_scale or ())
+        self.curriculum_below_query = bool(curriculum_below_query)
+        if not 0.0 <= mix_random_images <= 1.0:
+            raise ValueError(f"mix_random_images must be in [0, 1], got {mix_random_images}")
+        if (mix_random_images or mix_warmup_steps) and source == "binary_strings":
+            raise ValueError("mix_random_images / mix_warmup_steps apply to image sources only")
+        if not 0.0 < mix_density < 1.0:
+            raise ValueError(f"mix_density must be in (0, 1), got {mix_density}")
+        self.mix_random_images, self.mix_warmup_steps = float(mix_random_images), int(mix_warmup_steps)
+        self.mix_density = float(mix_density)
+        if select_by not in ("error", "memory_gain"):
+            raise ValueError(f"select_by must be 'error' or 'memory_gain', got {select_by!r}")
+        self.select_by = select_by
         self.num_steps, self.seed, self.data_dir = int(num_steps), int(seed), data_dir
         self.sampler, self.num_classes = sampler, num_classes
         self.validation_split, self.validation_episodes = validation_split, int(validation_episodes)
+        if validation_split not in data_lib.SPLITS or validation_split == "train_minus_validation":
+            raise ValueError(f"validation_split must be 'validation', 'test' or 'train', got {validation_split!r}")
+        self.train_split = "train_minus_validation" if validation_split == "validation" else "train"
         self.validation_every, self.validation_seed = int(validation_every), int(validation_seed)
         self.checkpoint_every, self.checkpoint_secs = int(checkpoint_every), float(checkpoint_secs)
         self.log_every, self.summary_every, self.image_every = int(log_every), int(summary_every), int(image_every)
@@ -209,7 +275,16 @@ class Experiment:
         ckpt_dir = os.path.join(self.workdir, "checkpoints")
         if not self.is_chief:  # every worker must save; non-chief workers write to a scratch directory
             ckpt_dir = os.path.join(self.workdir, "scratch", f"worker_{resolver.task_id}")
-        self.checkpoint = tf.train.Checkpoint(memory=self.memory, optimizer=self.learner.optimizer)
+        # curriculum state: stage index, step at which the stage began, validations in a row that passed
+        self.stage = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_stage")
+        self.stage_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_stage_start")
+        self.streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_streak")
+        self.checkpoint = tf.train.Checkpoint(
+            memory=self.memory,
+            optimizer=self.learner.optimizer,
+            curriculum=tf.train.Checkpoint(stage=self.stage, stage_start=self.stage_start, streak=self.streak),
+            **({"rate_optimizer": self.learner.rate_optimizer} if self.learner.rate_optimizer is not None else {}),
+        )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, ckpt_dir, max_to_keep=keep_checkpoints, step_counter=self.learner.iterations
         )
@@ -219,12 +294,29 @@ class Experiment:
             self.restored_step = int(self.learner.iterations.numpy())
             logger.info("Resumed from %s (step %d).", self.manager.latest_checkpoint, self.restored_step)
 
+        if init_from is not None and self.restored_step == 0:
+            self._warm_start(init_from, init_write_rate_scale)
+        elif init_write_rate_scale and init_from is None:
+            raise ValueError("Experiment.init_write_rate_scale needs Experiment.init_from")
+
+        if len(self.curriculum) > 1:
+            logger.info(
+                "Curriculum over N = %s: at stage %d (N = %d).",
+                self.curriculum,
+                int(self.stage),
+                self.current_num_patterns,
+            )
+
         # ------------------------------------------------------------------ data
-        self.train_data = self._distributed_episodes("train", self.seed, start=self.restored_step * self.num_replicas)
-        self.validation_data = list(
-            self._episodes(self.validation_split, self.validation_seed).take(self.validation_episodes)
-        )
-        self._validate_fn = tf.function(self._validate_episode)
+        self._make_data(self.restored_step)
+        if balance_write_rates is not None and self.restored_step == 0:
+            if not isinstance(self.memory, EnergyMemory):
+                raise ValueError("Experiment.balance_write_rates needs an EnergyMemory")
+            energy_fraction, gradient_fraction = balance_write_rates
+            first = next(iter(self._episodes(self.train_split, self.seed, 0)))
+            rates = self.memory.balance_write_rates(first["patterns"], energy_fraction, gradient_fraction)
+            logger.info("Balanced write rates (energy, gradient) per layer: %s", np.round(rates, 6).tolist())
+        self._probe = diagnostics.MemoryUseProbe(self.memory, source, self.clamps)
         self.best = self._read_best()
         if self.is_chief:
             _atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
@@ -233,12 +325,53 @@ class Experiment:
         else:
             self.train_writer = self.valid_writer = tf.summary.create_noop_writer()
 
+    def _warm_start(self, path, rate_scale):
+        """Copies the weights of the saved model at ``path`` into ``self.memory`` (same architecture)."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Experiment.init_from: {path} does not exist")
+        source = keras.saving.load_model(path, compile=False)
+        src, dst = source.weights, self.memory.weights
+        if [tuple(v.shape) for v in src] != [tuple(v.shape) for v in dst]:
+            raise ValueError(
+                f"Experiment.init_from: {path} has weights {[tuple(v.shape) for v in src]}, this run's model "
+                f"{[tuple(v.shape) for v in dst]}; the architectures must match."
+            )
+        for s, d in zip(src, dst):
+            d.assign(s)
+        if rate_scale:
+            self.memory.scale_write_rates(rate_scale)
+        logger.info("Warm start from %s (write rates scaled by %s).", path, rate_scale or 1)
+
     # ====================================================================== data
-    def _episodes(self, split, seed, start=0):
+    @property
+    def current_num_patterns(self) -> int:
+        """N of the current curriculum stage (``num_patterns`` without a curriculum)."""
+        return self.curriculum[min(int(self.stage.numpy()), len(self.curriculum) - 1)]
+
+    def _make_data(self, step):
+        self.train_data = self._distributed_episodes(self.train_split, self.seed, start=step * self.num_replicas)
+        self.validation_data = list(
+            self._episodes(self.validation_split, self.validation_seed).take(self.validation_episodes)
+        )
+
+    def _random_image_episode(self, index, num_patterns):
+        """Episode ``index`` of the random-binary-image stream (``mix_random_images``)."""
+        key = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 7919], tf.int64), index)
+        s_img, s_dist = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        shape = (num_patterns,) + self.pattern_shape
+        patterns = tf.cast(tf.random.stateless_uniform(shape, seed=s_img) < self.mix_density, tf.float32)
+        if self.distortion is None:
+            return {"patterns": patterns, "queries": patterns, "clamp": tf.zeros_like(patterns)}
+        d = self.distortion(patterns, s_dist)
+        return {"patterns": patterns, "queries": tf.cast(d.query, tf.float32), "clamp": tf.cast(d.clamp, tf.float32)}
+
+    def _episodes(self, split, seed, start=0, mix=False):
+        """Episodes of ``split`` at the current N; ``mix``: with the random-image episodes (training only)."""
+        num_patterns = self.current_num_patterns
         ds = data_lib.make_episodes(
             self.source,
             split,
-            self.num_patterns,
+            num_patterns,
             distortion=self.distortion,
             seed=seed,
             data_dir=self.data_dir,
@@ -247,62 +380,71 @@ class Experiment:
             start=start,
         )
         keys = ("patterns", "queries", "clamp") if self.clamps else ("patterns", "queries")
+        if mix and (self.mix_random_images > 0 or self.mix_warmup_steps > 0):
+            frac, warmup = self.mix_random_images, self.mix_warmup_steps
+
+            def mixed(ep, index):
+                u = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(self.seed + 104_729, tf.int64), index]))
+                use_random = tf.logical_or(index < warmup, u < frac)
+                rnd = self._random_image_episode(index, num_patterns)
+                return {k: tf.where(use_random, rnd[k], ep[k]) for k in keys}
+
+            counter = tf.data.Dataset.counter(start=int(start), dtype=tf.int64)
+            return tf.data.Dataset.zip((ds, counter)).map(mixed)
         return ds.map(lambda ep: {k: ep[k] for k in keys})
 
     def _distributed_episodes(self, split, seed, start):
         """One episode per replica and step; episode ``start + step * replicas + replica`` of the stream."""
 
         def dataset_fn(ctx):
-            ds = self._episodes(split, seed, start + ctx.input_pipeline_id)
+            ds = self._episodes(split, seed, start + ctx.input_pipeline_id, mix=True)
             return ds.shard(ctx.num_input_pipelines, 0) if ctx.num_input_pipelines > 1 else ds
 
         options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn, options))
 
     # ====================================================================== validation
-    def _validate_episode(self, episode):
-        memory = self.memory
-        state = memory.write(episode["patterns"])
-        iterates = memory.read(state, episode["queries"], episode.get("clamp"))
-        errors = per_pattern_error(self.source, episode["patterns"], iterates[-1])
-        query_errors = per_pattern_error(self.source, episode["patterns"], episode["queries"])
-        energies = {}
-        if hasattr(memory, "energy"):  # baselines (Experiment.model) may have no energy
-            energies = {
-                "stored": memory.energy(state, episode["patterns"]),
-                "distorted": memory.energy(state, episode["queries"]),
-                "retrieved": memory.energy(state, iterates[-1]),
-            }
-        return errors, query_errors, energies, iterates
-
     def validate(self, step):
+        """Validation error, query error, energies and the memory-use diagnostics (``ebmm_tf.diagnostics``)."""
         summary = metrics_lib.ErrorSummary()
         query_summary = metrics_lib.ErrorSummary()
         energies = {}
-        first = None
-        for episode in self.validation_data:
-            errors, query_errors, e, iterates = self._validate_fn(episode)
-            summary.accumulate(errors.numpy())
-            query_summary.accumulate(query_errors.numpy())
-            for k in e:
-                energies.setdefault(k, []).append(e[k].numpy())
-            if first is None:
-                first = (episode, iterates)
+        first = []
+
+        def collect(episode, own):
+            summary.accumulate(own["errors"][-1].numpy())
+            query_summary.accumulate(own["query_errors"].numpy())
+            for k in ("stored", "distorted", "retrieved"):
+                if f"energy_{k}" in own:
+                    energies.setdefault(k, []).append(own[f"energy_{k}"].numpy())
+            if not first:
+                first.append((episode, own["iterates"]))
+
+        use = self._probe.run(self.validation_data, collect)
         result = summary.result()
         result["query_mean"] = query_summary.result()["mean"]
         result["metric"] = error_metric(self.source)
         result["step"] = int(step)
+        result["N"] = self.current_num_patterns
+        result.update(use)
         with self.valid_writer.as_default(step=step):
             for k in ("mean", "p5", "p95"):
                 tf.summary.scalar(f"error/{result['metric']}_{k}", result[k])
             tf.summary.scalar(f"error/{result['metric']}_query", result["query_mean"])
+            for k in ("memory_gain", "memory_gain_p5", "cross_mean", "energy_auc", "write_cosine", "write_relative"):
+                if k in result and np.isfinite(result[k]):
+                    tf.summary.scalar(f"memory_use/{k}", result[k])
+            for name, layer in result.get("write_layers", {}).items():
+                tf.summary.scalar(f"memory_use/relative_write/{name}", layer["relative_write"])
+                tf.summary.scalar(f"memory_use/write_cosine/{name}", layer["write_cosine"])
+            tf.summary.scalar("memory_use/num_patterns", result["N"])
             for k, v in energies.items():
                 tf.summary.scalar(f"energy/{k}", float(np.mean(np.concatenate(v))))
                 tf.summary.histogram(f"energy/{k}", np.concatenate(v))
             if len(self.pattern_shape) == 3 and (
                 self.image_every and step % self.image_every == 0 or step == self.num_steps
             ):
-                tf.summary.image("retrieval", self._retrieval_grid(*first), step=step)
+                tf.summary.image("retrieval", self._retrieval_grid(*first[0]), step=step)
         return result
 
     def _retrieval_grid(self, episode, iterates, rows=4):
@@ -324,7 +466,16 @@ class Experiment:
     def _maybe_save_best(self, step, result):
         if not self.is_chief:
             return
-        if self.best is None or result["mean"] < self.best["mean"]:
+        better = (
+            self.best is None
+            or self.best.get("N", self.num_patterns) != result["N"]
+            or (
+                result["mean"] < self.best["mean"]
+                if self.select_by == "error"
+                else result["memory_gain"] > self.best.get("memory_gain", -np.inf)
+            )
+        )
+        if better:
             self.best = {"step": step, **result}
             _atomic_save_keras(self.memory, os.path.join(self.workdir, "best", "memory.keras"))
             _atomic_write_text(os.path.join(self.workdir, "best", "metrics.json"), json.dumps(self.best, indent=2))
@@ -355,6 +506,41 @@ class Experiment:
         for k, (g, p) in enumerate(zip(mem.read_steps_schedule().numpy(), mem.momentum_schedule().numpy())):
             tf.summary.scalar(f"read/step_size_{k + 1}", g)
             tf.summary.scalar(f"read/momentum_{k + 1}", p)
+
+    def _maybe_advance(self, step, result):
+        """Moves to the next curriculum stage when the memory gain criterion (or the step limit) says so."""
+        stage = int(self.stage.numpy())
+        if stage >= len(self.curriculum) - 1:
+            return
+        gain = result.get("memory_gain", float("nan"))
+        # a gain only counts while the memory also recalls better than the query itself (a memory that makes the
+        # queries worse can still show a gain, e.g. right after a warm-up on random images)
+        ok = np.isfinite(gain) and gain >= self.curriculum_gain
+        ok = ok and (result["mean"] < result["query_mean"] or not self.curriculum_below_query)
+        self.streak.assign(self.streak + 1 if ok else 0)
+        at_stage = step - int(self.stage_start.numpy())
+        passed = int(self.streak.numpy()) >= self.curriculum_patience and at_stage >= self.curriculum_min_steps
+        forced = self.curriculum_max_steps is not None and at_stage >= self.curriculum_max_steps
+        if not (passed or forced):
+            return
+        old_n, new_n = self.curriculum[stage], self.curriculum[stage + 1]
+        self.stage.assign(stage + 1)
+        self.stage_start.assign(step)
+        self.streak.assign(0)
+        if self.curriculum_rate_scale and isinstance(self.memory, EnergyMemory):
+            self.memory.scale_write_rates({t: new_n / old_n for t in self.curriculum_rate_scale})
+        self._make_data(step)
+        logger.info(
+            "step %d: curriculum N %d -> %d (%s after %d steps at N = %d).",
+            step,
+            old_n,
+            new_n,
+            "memory gain criterion met" if passed else "step limit",
+            at_stage,
+            old_n,
+        )
+        self._log_metrics({"step": step, "curriculum": {"from": old_n, "to": new_n, "forced": not passed}})
+        self.save_checkpoint()
 
     def save_checkpoint(self):
         step = int(self.learner.iterations.numpy())
@@ -436,14 +622,17 @@ class Experiment:
                     self._log_metrics({"step": step, "validation": last_validation})
                     self._maybe_save_best(step, last_validation)
                     logger.info(
-                        "step %d: validation %s error %.3f [p5 %.3f, p95 %.3f] (query %.3f)",
+                        "step %d: validation %s error %.3f [p5 %.3f, p95 %.3f] (query %.3f, N = %d); %s",
                         step,
                         last_validation["metric"],
                         last_validation["mean"],
                         last_validation["p5"],
                         last_validation["p95"],
                         last_validation["query_mean"],
+                        last_validation["N"],
+                        diagnostics.describe(last_validation, last_validation["metric"]),
                     )
+                    self._maybe_advance(step, last_validation)
                 if step % self.checkpoint_every == 0 or time.time() - last_ckpt_time > self.checkpoint_secs:
                     self.save_checkpoint()
                     last_ckpt_time, last_ckpt_step = time.time(), step

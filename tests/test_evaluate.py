@@ -47,6 +47,11 @@ EVAL_KEYS = {
     "split": str,
     "dataset": dict,
     "hardware": dict,
+    "memory_gain": float,
+    "memory_gain_p5": float,
+    "cross_mean": float,
+    "uses_memory": bool,
+    "memory_pairs": int,
 }
 
 

@@ -49,7 +49,7 @@ def test_every_gin_file_parses_strictly_and_builds_model_and_data(path, tmp_path
     exp = trainer.Experiment(workdir=str(tmp_path), data_dir=DATA_DIR)
     assert exp.memory.memory_size() > 0
     episode = next(exp.train_data)
-    assert tuple(episode["patterns"].shape) == (exp.num_patterns,) + exp.memory.energy_net.pattern_shape
+    assert tuple(episode["patterns"].shape) == (exp.current_num_patterns,) + exp.memory.energy_net.pattern_shape
     assert os.path.exists(tmp_path / "operative_config.gin")
 
 
