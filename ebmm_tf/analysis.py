@@ -11,11 +11,14 @@ r"""Figures of the paper from evaluation results (matplotlib, Agg backend, small
   (the denoising autoencoder, memory size 0) are drawn as horizontal lines.
 * :func:`noise_sweep`: Figure 9 (A.5): error vs a distortion parameter (block size, salt-and-pepper rate), one
   line per evaluated model (workdir).
+* :func:`training_curve`: validation error (with the query's and the other-memory error) and memory gain vs
+  training step from the ``metrics.jsonl`` of one or more runs; curriculum moves are marked.
 
 CLI::
 
     python -m ebmm_tf.analysis distortion_rate --eval_json=a/eval.json --eval_json=b/eval.json --output=plot.png
     python -m ebmm_tf.analysis noise_sweep --eval_json=DIR/eval_block12.json ... --param=size --output=sweep.png
+    python -m ebmm_tf.analysis training_curve --workdir=runs/a --workdir=runs/b --output=curve.png
 
 ``--label`` (repeatable, one per ``--eval_json``) overrides the legend entry of each file.
 """
@@ -37,6 +40,8 @@ __all__ = [
     "noise_sweep",
     "retrieval_grid",
     "to_images",
+    "training_curve",
+    "validation_history",
 ]
 
 
@@ -112,22 +117,10 @@ def retrieval_grid(originals, queries, iterates, energies=None, data_range=(0.0,
 
 # ====================================================================== Figure 6
 def _auc_lower(a, b):
-    """P(a < b) + P(a == b) / 2 for samples a, b (Mann-Whitney U / (len(a) len(b)))."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    both = np.concatenate([a, b])
-    order = np.argsort(both, kind="mergesort")
-    ranks = np.empty(len(both))
-    sorted_vals = both[order]
-    # average ranks over ties
-    i = 0
-    while i < len(both):
-        j = i
-        while j + 1 < len(both) and sorted_vals[j + 1] == sorted_vals[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    u_b = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2.0  # pairs where b ranks above a
-    return float(u_b / (len(a) * len(b)))
+    """P(a < b) + P(a == b) / 2 for samples a, b (``ebmm_tf.diagnostics.energy_auc``)."""
+    from ebmm_tf.diagnostics import energy_auc
+
+    return energy_auc(a, b)
 
 
 def energy_stats(levels, bins=40):
@@ -296,15 +289,77 @@ def noise_sweep(eval_jsons, path, param, labels=None, title=None, dpi=80):
     return out
 
 
+# ====================================================================== training curves
+def validation_history(workdir):
+    """``(validations, moves)`` from ``workdir/metrics.jsonl``: the validation records (with their ``step``) in
+    step order, and the curriculum moves ``[(step, from N, to N)]``."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir} a workdir of python -m ebmm_tf.train?")
+    validations, moves = {}, []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if "validation" in r:
+                validations[r["step"]] = dict(r["validation"], step=r["step"])
+            if "curriculum" in r:
+                moves.append((r["step"], r["curriculum"]["from"], r["curriculum"]["to"]))
+    return [validations[k] for k in sorted(validations)], moves
+
+
+def training_curve(workdirs, path, labels=None, title=None, dpi=80):
+    """Validation error (solid), error from another batch's memory (dotted), the query's error (dashed, grey)
+    and the memory gain (lower panel) vs step, one colour per run; curriculum moves as vertical lines labelled
+    with the new N. Returns ``{label: [(step, mean, memory_gain), ...]}``."""
+    plt = _pyplot()
+    labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    if len(labels) != len(workdirs):
+        raise ValueError(f"got {len(labels)} labels for {len(workdirs)} workdirs")
+    fig, (ax, ax_gain) = plt.subplots(2, 1, figsize=(6.0, 5.0), sharex=True, constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    out = {}
+    metric = "error"
+    for i, (workdir, label) in enumerate(zip(workdirs, labels)):
+        vals, moves = validation_history(workdir)
+        if not vals:
+            raise ValueError(f"{workdir} has no validation yet")
+        c = colors[i % len(colors)]
+        metric = vals[-1].get("metric", metric)
+        steps = [v["step"] for v in vals]
+        ax.plot(steps, [v["mean"] for v in vals], "-", color=c, label=label)
+        gain = [v.get("memory_gain", float("nan")) for v in vals]
+        if any(np.isfinite(gain)):
+            ax.plot(steps, [v.get("cross_mean", float("nan")) for v in vals], ":", color=c)
+            ax_gain.plot(steps, gain, "-", color=c, label=label)
+        ax.plot(steps, [v["query_mean"] for v in vals], "--", color="0.6", linewidth=0.8)
+        for step, _, new_n in moves:
+            for a in (ax, ax_gain):
+                a.axvline(step, color=c, alpha=0.3, linewidth=0.8)
+            ax_gain.annotate(f"N={new_n}", (step, 0), fontsize=6, color=c, rotation=90, va="bottom")
+        out[label] = [(v["step"], v["mean"], v.get("memory_gain")) for v in vals]
+    ax.set_ylabel(f"validation {metric} error")
+    ax.legend(fontsize=7, title="solid: own memory, dotted: another batch's, dashed: query", title_fontsize=6)
+    ax_gain.axhline(0.0, color="k", linewidth=0.6)
+    ax_gain.set_ylabel("memory gain")
+    ax_gain.set_xlabel("training step")
+    if title:
+        ax.set_title(title, fontsize=8)
+    _save(fig, path, dpi)
+    return out
+
+
 # ====================================================================== CLI
-_COMMANDS = ("distortion_rate", "noise_sweep")
+_COMMANDS = ("distortion_rate", "noise_sweep", "training_curve")
 
 
 def _define_flags():
     from absl import flags
 
     flags.DEFINE_multi_string("eval_json", [], "eval.json files of python -m ebmm_tf.evaluate (repeatable)")
-    flags.DEFINE_multi_string("label", None, "legend label per --eval_json (repeatable, same order)")
+    flags.DEFINE_multi_string("workdir", [], "training_curve: run directories (repeatable)")
+    flags.DEFINE_multi_string("label", None, "legend label per --eval_json / --workdir (repeatable, same order)")
     flags.DEFINE_string("output", None, "PNG to write", required=True)
     flags.DEFINE_string("title", None, "plot title")
     flags.DEFINE_string("param", "size", "noise_sweep: distortion parameter on the x axis (size, rate, ...)")
@@ -319,9 +374,13 @@ def main(argv):
         raise app.UsageError(
             f"usage: python -m ebmm_tf.analysis {{{','.join(_COMMANDS)}}} --eval_json=... --output=..."
         )
-    if not FLAGS.eval_json:
+    if argv[1] == "training_curve":
+        if not FLAGS.workdir:
+            raise app.UsageError("give at least one --workdir")
+        out = training_curve(FLAGS.workdir, FLAGS.output, labels=FLAGS.label, title=FLAGS.title)
+    elif not FLAGS.eval_json:
         raise app.UsageError("give at least one --eval_json")
-    if argv[1] == "distortion_rate":
+    elif argv[1] == "distortion_rate":
         out = distortion_rate(FLAGS.eval_json, FLAGS.output, labels=FLAGS.label, title=FLAGS.title, logx=FLAGS.logx)
     else:
         out = noise_sweep(FLAGS.eval_json, FLAGS.output, FLAGS.param, labels=FLAGS.label, title=FLAGS.title)

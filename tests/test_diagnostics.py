@@ -294,3 +294,23 @@ def test_warm_start_and_rate_optimizer(tmp_path):
         _experiment(tmp_path / "c", 'Experiment.init_write_rate_scale = {"energy": 2.0}')
     with pytest.raises(FileNotFoundError, match="init_from"):
         _experiment(tmp_path / "d", 'Experiment.init_from = "/no/such/memory.keras"')
+
+
+def test_training_curve_reads_validations_and_curriculum_moves(tmp_path):
+    from ebmm_tf import analysis
+
+    records = [
+        {"step": 0, "validation": {"mean": 9.0, "query_mean": 10.0, "metric": "hamming", "memory_gain": 0.5}},
+        {"step": 1, "loss": 3.0},
+        {"step": 5, "validation": {"mean": 6.0, "query_mean": 10.0, "cross_mean": 9.0, "memory_gain": 3.0}},
+        {"step": 5, "curriculum": {"from": 4, "to": 8, "forced": False}},
+        {"step": 9, "validation": {"mean": 7.0, "query_mean": 10.0, "cross_mean": 8.0, "memory_gain": 1.0}},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    vals, moves = analysis.validation_history(str(tmp_path))
+    assert [v["step"] for v in vals] == [0, 5, 9] and moves == [(5, 4, 8)]
+    out = analysis.training_curve([str(tmp_path)], str(tmp_path / "curve.png"), labels=["run"])
+    assert out == {"run": [(0, 9.0, 0.5), (5, 6.0, 3.0), (9, 7.0, 1.0)]}
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        analysis.validation_history(str(tmp_path / "nothing"))

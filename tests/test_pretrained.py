@@ -132,6 +132,69 @@ def test_shipped_savedmodel_recalls_in_a_fresh_process(export_dir, tmp_path):
     assert batch_mean < record["query_mean"] / 2, "recall must repair most of the distortion"
 
 
+_FRESH_GAIN = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+
+    export_dir, inputs, outputs = sys.argv[1:]
+    episodes = np.load(inputs)
+    count = int(episodes["count"])
+    loaded = tf.saved_model.load(export_dir)
+    clamped = "mask_0" in episodes
+    recall = loaded.signatures["recall_clamped" if clamped else "recall"]
+    states = [loaded.signatures["write"](patterns=tf.constant(episodes[f"patterns_{i}"])) for i in range(count)]
+    own, other = [], []
+    for i in range(count):
+        feed = {"queries": tf.constant(episodes[f"queries_{i}"])}
+        if clamped:
+            feed["mask"] = tf.constant(episodes[f"mask_{i}"])
+        own.append(recall(**states[i], **feed)["retrieved"].numpy())
+        other.append(recall(**states[i - 1], **feed)["retrieved"].numpy())  # episode i - 1's memory
+    assert "ebmm_tf" not in sys.modules
+    np.savez(outputs, own=np.stack(own), other=np.stack(other))
+    """
+)
+
+
+@pytest.mark.parametrize("export_dir", EXPORTS, ids=IDS)
+def test_recorded_memory_gain_reproduces_through_the_signatures_in_a_fresh_process(export_dir, tmp_path):
+    """The recorded memory gain is a property of the served model: a fresh process without ebmm_tf writes the first
+    recorded test episodes with ``write`` and reads each episode's queries from its own memory and from the previous
+    episode's memory with ``recall``; the per-episode gains equal the recorded ones, and the shipped memory uses
+    its memory (a clearly positive gain on every replayed episode)."""
+    from ebmm_tf import trainer
+
+    protocol, record, _, episodes = _protocol_and_episodes(export_dir, REPLAYED)
+    assert "memory_gain_batches" in record, "re-run python -m ebmm_tf.evaluate on the export (memory-use diagnostics)"
+    feed = {"count": REPLAYED}
+    for i, ep in enumerate(episodes):
+        feed[f"patterns_{i}"], feed[f"queries_{i}"] = np.asarray(ep["patterns"]), np.asarray(ep["queries"])
+        if protocol.clamps:
+            feed[f"mask_{i}"] = np.asarray(ep["clamp"])
+    np.savez(tmp_path / "in.npz", **feed)
+    script = tmp_path / "fresh_gain.py"
+    script.write_text(_FRESH_GAIN)
+    proc = subprocess.run(
+        [sys.executable, str(script), export_dir, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    gains = []
+    for i, ep in enumerate(episodes):
+        err = lambda x: float(np.mean(trainer.per_pattern_error(protocol.source, ep["patterns"], x)))
+        gains.append(err(out["other"][i]) - err(out["own"][i]))
+    # episode 0 was paired with the last of all recorded episodes; episodes 1.. with their predecessor
+    tol = 2 * BATCH_MEAN_ATOL[record["metric"]]
+    np.testing.assert_allclose(gains[1:], record["memory_gain_batches"][1:REPLAYED], atol=tol)
+    assert record["uses_memory"] and record["memory_gain_p5"] > 0 and min(gains[1:]) > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("export_dir", EXPORTS, ids=IDS)
 def test_full_recorded_evaluation_reproduces(export_dir, tmp_path):
@@ -148,3 +211,4 @@ def test_full_recorded_evaluation_reproduces(export_dir, tmp_path):
         again = json.load(f)
     assert record["p5"] <= again["mean"] <= record["p95"]
     assert abs(again["mean"] - record["mean"]) <= BATCH_MEAN_ATOL[record["metric"]]
+    assert abs(again["memory_gain"] - record["memory_gain"]) <= 2 * BATCH_MEAN_ATOL[record["metric"]]
