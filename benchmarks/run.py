@@ -417,4 +417,6 @@ def _versions():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ebmm_tf.cli import guarded
+
+    sys.exit(guarded(main, "python -m benchmarks.run")())

@@ -98,13 +98,22 @@ class GatedRNNEnergy(EnergyNetwork):
     ``E = w . state`` (no bias). Memory: ``memory`` = ``Linear(input_size, dynamic_size)``, by default
     ``dynamic_size = (input_size - 1) // 2`` = 63, i.e. 8,127 writable floats for 128-bit strings (within
     the 8,256-float Hopfield budget).
+
+    Images: with ``pattern_shape`` (e.g. ``(32, 32, 1)``) and ``input_size=None``, patterns are flattened to
+    ``input_size = prod(pattern_shape)`` values, so the memory is a writable linear map of the raw pixels (an
+    image memory whose write, per pattern, is the outer product of the pattern with the backpropagated error,
+    like a Hebbian rule's).
     """
 
     def __init__(self, input_size=128, hidden_size=1024, hops=5, dynamic_size=None, pattern_shape=None, **kwargs):
         kwargs.setdefault("name", "gated_rnn_energy")
-        if pattern_shape is not None and tuple(pattern_shape) != (input_size,):
+        if pattern_shape is not None and input_size is None:
+            input_size = math.prod(int(d) for d in pattern_shape)
+        if pattern_shape is None:
+            pattern_shape = (input_size,)
+        if math.prod(int(d) for d in pattern_shape) != input_size:
             raise ValueError(f"pattern_shape {tuple(pattern_shape)} does not match input_size {input_size}")
-        super().__init__(pattern_shape=(input_size,), **kwargs)
+        super().__init__(pattern_shape=pattern_shape, **kwargs)
         dynamic_size = (input_size - 1) // 2 if dynamic_size is None else int(dynamic_size)
         if not 0 < dynamic_size < hidden_size:
             raise ValueError(f"dynamic_size must be in (0, hidden_size={hidden_size}), got {dynamic_size}")
@@ -124,6 +133,8 @@ class GatedRNNEnergy(EnergyNetwork):
 
     def call(self, x, memory=None):
         self._check_input(x)
+        if len(self.pattern_shape) > 1:
+            x = tf.reshape(x, [-1, self.input_size])
         dynamic = self.memory(x, memory)  # depends on x only: once, outside the hop loop
         static_x = self.static_x(x)
         gate_x = self.gate_x(x)

@@ -695,7 +695,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app
 
     _define_flags()
-    app.run(main)
+    from ebmm_tf.cli import run_absl
+
+    run_absl(main, "python -m ebmm_tf.evaluate")

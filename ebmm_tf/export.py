@@ -222,21 +222,18 @@ def _define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        if not (FLAGS.overwrite or _is_empty_or_missing(FLAGS.export_dir)):  # fail before loading anything
-            raise FileExistsError(f"export directory {FLAGS.export_dir} is not empty; pass --overwrite to replace it")
-        memory_file = FLAGS.memory_file or find_memory_file(FLAGS.workdir)
-        memory = load_memory(memory_file)
-        path = export_memory(
-            memory,
-            FLAGS.export_dir,
-            overwrite=FLAGS.overwrite,
-            range_tolerance=FLAGS.range_tolerance,
-            keras_copy=FLAGS.keras_copy,
-            extra_files=workdir_files(FLAGS.workdir) if FLAGS.workdir else None,
-        )
-    except (FileNotFoundError, FileExistsError, TypeError, ValueError) as e:
-        sys.exit(f"ebmm_tf.export: error: {e}")
+    if not (FLAGS.overwrite or _is_empty_or_missing(FLAGS.export_dir)):  # fail before loading anything
+        raise FileExistsError(f"export directory {FLAGS.export_dir} is not empty; pass --overwrite to replace it")
+    memory_file = FLAGS.memory_file or find_memory_file(FLAGS.workdir)
+    memory = load_memory(memory_file)
+    path = export_memory(
+        memory,
+        FLAGS.export_dir,
+        overwrite=FLAGS.overwrite,
+        range_tolerance=FLAGS.range_tolerance,
+        keras_copy=FLAGS.keras_copy,
+        extra_files=workdir_files(FLAGS.workdir) if FLAGS.workdir else None,
+    )
     if FLAGS.verify:
         logging.info("verified: largest difference to the in-process model %.3g", verify_export(memory, path))
     print(f"exported {memory_file} -> {path}")
@@ -245,4 +242,6 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    from ebmm_tf.cli import run_absl
+
+    run_absl(main, "python -m ebmm_tf.export")

@@ -98,15 +98,30 @@ class RecallMixin:
     ``read``, ``pattern_shape`` and ``data_range``."""
 
     def _cast(self, x, name):
-        """``x`` as a floating tensor of the compute dtype with shape ``[batch, *pattern_shape]`` (when known)."""
+        """``x`` as a floating tensor of the compute dtype with shape ``[batch, *pattern_shape]`` (when known).
+
+        Called eagerly (the public API used from Python), it also rejects NaN and Inf values with the
+        ``InvalidArgumentError`` that the exported signatures raise. Inside a ``tf.function`` (the compiled
+        meta-training step, the signatures) nothing is added to the graph: the meta-training loop checks its loss
+        and gradients instead, and the signatures check their inputs themselves.
+        """
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
             raise TypeError(f"{name} must be a floating tensor, got {x.dtype.name}")
-        x = tf.cast(x, self.compute_dtype)
         expected = tuple(self.pattern_shape)
         if x.shape.rank is not None and tuple(x.shape[1:]) != expected:
             raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, expected))}], got {list(x.shape)}")
-        return x
+        if tf.executing_eagerly():
+            values = x.numpy()
+            if not np.all(np.isfinite(values)):
+                n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+                raise tf.errors.InvalidArgumentError(
+                    None,
+                    None,
+                    f"{type(self).__name__}, input {name}: expected finite values, got {n_nan} NaN and {n_inf} Inf "
+                    "values",
+                )
+        return tf.cast(x, self.compute_dtype)
 
     def project(self, x):
         """Clips ``x`` into the data range."""
@@ -403,22 +418,29 @@ class EnergyMemory(RecallMixin, keras.Model):
         Inside ``nested_step_functions()`` each step is a nested ``tf.function``: see there.
         """
         cache = self.__dict__.setdefault("_ebmm_step_functions", {})  # plain dict: not tracked by Keras
-        nested = self.__dict__.get("_ebmm_nested_steps", False)
+        nested = self.__dict__.get("_ebmm_nested_steps", False)  # False, "inline" or "call"
         key = key + (self.recompute, nested)
         if key not in cache:
             fn = make()
             if nested:
-                # _noinline: the step body is also optimised once by grappler and called T (K) times, which
-                # halves the first call of the compiled meta-step; inlining it gains nothing at run time.
-                fn = tf.function(fn, autograph=False, experimental_attributes={"_noinline": True})
+                # "call" (_noinline): the step body is optimised once by grappler and called T (K) times, which
+                # halves the first call of the compiled meta-step, but such function calls give results that vary
+                # in the last float digits from call to call (measured on TF 2.21, one thread); "inline" lets
+                # grappler inline the step into the caller: bitwise reproducible, a slower first step.
+                attributes = {"_noinline": nested == "call"}
+                fn = tf.function(fn, autograph=False, experimental_attributes=attributes)
             if self.recompute:
                 fn = _recomputed(fn)
             cache[key] = fn
         return cache[key]
 
     @contextlib.contextmanager
-    def nested_step_functions(self, enabled=True):
+    def nested_step_functions(self, enabled=True, inline=False):
         """Within this context, write and read steps are traced as nested ``tf.function`` s.
+
+        ``inline``: let the graph optimiser inline the traced steps into the caller's graph (results are bitwise
+        reproducible from run to run) instead of calling them as functions (``inline=False``: the caller's first
+        call is faster, but the last float digits of the results vary from call to call, even on one thread).
 
         The T write steps (and the K - 1 read steps after the first) then share one traced graph and one
         traced meta-gradient graph instead of T unrolled copies: tracing a meta-step and optimising its graph
@@ -428,7 +450,7 @@ class EnergyMemory(RecallMixin, keras.Model):
         100x slower (measured on TF 2.21), so ``MetaLearner`` unrolls when compiling with XLA.
         """
         previous = self.__dict__.get("_ebmm_nested_steps", False)
-        self.__dict__["_ebmm_nested_steps"] = bool(enabled)
+        self.__dict__["_ebmm_nested_steps"] = ("inline" if inline else "call") if enabled else False
         try:
             yield self
         finally:

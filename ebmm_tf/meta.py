@@ -52,6 +52,10 @@ class MetaLearner:
       first_order: overrides ``memory.first_order`` for training if not ``None``.
       jit_compile: compile the gradient computation with XLA. Off by default: on CPU the XLA step is slower
         and takes minutes to compile at paper scale (docs/performance.md).
+      inline_steps: with ``nested_steps``, inline the nested steps into the meta-step graph (default): a run is
+        then bitwise reproducible (same seed, same losses in a fresh process). ``False`` keeps them as function
+        calls: a faster first step (tracing and graph optimisation), but the meta-gradient's last float digits
+        vary from step to step, and long runs drift apart (docs/performance.md, "Reproducibility").
       rate_learning_rate: if set, the learned write and read step sizes (``EnergyMemory.rate_variables``) get
         their own Adam optimiser with this learning rate (no weight decay) instead of the AdamW of the other
         weights: the rates are few, and a CPU-scale run needs them to move faster than the weights. Clipping
@@ -73,6 +77,7 @@ class MetaLearner:
         first_order=None,
         jit_compile=False,
         nested_steps=True,
+        inline_steps=True,
         rate_learning_rate=None,
         decay_steps=None,
         decay_to=0.1,
@@ -86,6 +91,7 @@ class MetaLearner:
         self.clip_norm = clip_norm
         self.first_order = first_order
         self.nested_steps = bool(nested_steps)
+        self.inline_steps = bool(inline_steps)
         self.jit_compile = bool(jit_compile)
         if rate_learning_rate is not None and rate_learning_rate <= 0:
             raise ValueError(f"rate_learning_rate must be positive or None, got {rate_learning_rate}")
@@ -128,7 +134,7 @@ class MetaLearner:
         enabled = self.nested_steps and not self.jit_compile
         # baselines (ebmm_tf.baselines) have no write/read step functions to nest
         nested_steps = getattr(self.memory, "nested_step_functions", None)
-        nested = nested_steps(enabled) if nested_steps is not None else contextlib.nullcontext()
+        nested = nested_steps(enabled, self.inline_steps) if nested_steps is not None else contextlib.nullcontext()
         with nested, tf.GradientTape() as tape:
             loss, aux = meta_loss(self.memory, episode, self.first_order)
         grads = tape.gradient(loss, self.variables)

@@ -125,7 +125,9 @@ class Experiment:
       checkpoint_every, checkpoint_secs, keep_checkpoints: checkpoint cadence (steps or seconds, whichever first).
       log_every, summary_every, image_every: cadences of log lines / scalar summaries / image grids (steps).
       strategy: ``auto``, ``default``, ``mirrored`` or ``multi_worker`` (see ``make_strategy``).
-      deterministic: enable TF op determinism (identical losses after a resume; a little slower).
+      deterministic: enable TF op determinism. With one inter-op thread (the CLI's default) and
+        ``MetaLearner.inline_steps`` (the default), a same-seed run is then bitwise reproducible in a fresh
+        process and after a resume (docs/performance.md, "Reproducibility").
       progress: show a progress bar.
       model: optional factory of the meta-trained model, called as
         ``model(energy_net_or_None, pattern_shape=..., data_range=...)``; default None = ``EnergyMemory``
@@ -238,6 +240,11 @@ class Experiment:
         self.clamps = bool(getattr(distortion, "clamps", False))
         if deterministic:
             tf.config.experimental.enable_op_determinism()
+            if tf.config.threading.get_inter_op_parallelism_threads() != 1:
+                logger.warning(
+                    "More than one inter-op thread: same-seed runs will differ in the last float digits (run with "
+                    "--inter_op_threads=1, the CLI's default, for bitwise reproducible runs)."
+                )
         keras.utils.set_random_seed(self.seed)
 
         # ------------------------------------------------------------------ strategy, model, optimiser

@@ -281,3 +281,23 @@ def test_keras_file_round_trip_reproduces_energies_exactly(tmp_path, make_energy
     s1, s2 = mem.write(ep["patterns"]), loaded.write(ep["patterns"])
     np.testing.assert_array_equal(mem.energy(s1, ep["queries"]).numpy(), loaded.energy(s2, ep["queries"]).numpy())
     np.testing.assert_array_equal(mem.recall(s1, ep["queries"]).numpy(), loaded.recall(s2, ep["queries"]).numpy())
+
+
+def test_gated_rnn_energy_on_images_flattens_the_pixels(tmp_path):
+    keras.utils.set_random_seed(3)
+    net = ebmm_tf.GatedRNNEnergy(input_size=None, pattern_shape=(4, 4, 1), hidden_size=8, hops=2, dynamic_size=3)
+    assert net.input_size == 16 and net.pattern_shape == (4, 4, 1) and net.memory_size() == 16 * 3 + 3
+    mem = ebmm_tf.EnergyMemory(net, write_steps=1, read_steps=1)
+    x = np.random.default_rng(0).uniform(size=(5, 4, 4, 1)).astype("float32")
+    state = mem.write(x)
+    flat = ebmm_tf.GatedRNNEnergy(input_size=16, hidden_size=8, hops=2, dynamic_size=3)
+    for a, b in zip(flat.weights, net.weights):
+        a.assign(b)
+    np.testing.assert_allclose(
+        net(x, memory=state.weights).numpy(), flat(x.reshape(5, 16), memory=state.weights).numpy(), rtol=1e-6
+    )
+    mem.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.recall(again.write(x), x).numpy(), mem.recall(state, x).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="does not match input_size"):
+        ebmm_tf.GatedRNNEnergy(input_size=15, pattern_shape=(4, 4, 1), hidden_size=8)

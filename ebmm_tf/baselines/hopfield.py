@@ -438,4 +438,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ebmm_tf.cli import guarded
+
+    sys.exit(guarded(main, "python -m ebmm_tf.baselines.hopfield")())

@@ -1,0 +1,60 @@
+"""How the command-line tools end on a user error: one message on stderr and exit status 2, no traceback.
+
+A user error is a mistake in what was asked (a missing gin file or dataset, a misspelt or invalid binding, a
+bad flag value, a non-finite input): ``ValueError``, ``TypeError``, ``FileNotFoundError`` (including
+``ebmm_tf.data.DatasetNotFoundError``), ``FileExistsError``, ``NotADirectoryError``, ``PermissionError``, ``FloatingPointError``
+(a diverged run) and TensorFlow's ``InvalidArgumentError``. Set ``EBMM_TRACEBACK=1`` (or pass ``--traceback``
+to the absl tools) to see the full traceback instead. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["EXIT_USER_ERROR", "guarded", "run_absl"]
+
+EXIT_USER_ERROR = 2
+
+
+def _user_errors():
+    errors = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+    errors += (FloatingPointError,)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        errors += (tf.errors.InvalidArgumentError,)
+    return errors
+
+
+def _show_traceback(default=False):
+    return default or os.environ.get("EBMM_TRACEBACK", "") not in ("", "0")
+
+
+def guarded(main, prog, traceback=False):
+    """``main`` wrapped so that a user error prints ``<prog>: error: <message>`` and exits with status 2."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except _user_errors() as err:
+            if _show_traceback(traceback):
+                raise
+            message = getattr(err, "message", None) or str(err) or type(err).__name__
+            print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+            print(f"{prog}: (set EBMM_TRACEBACK=1 for the traceback)", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper
+
+
+def run_absl(main, prog):
+    """``absl.app.run(main)`` with user errors reported by ``guarded`` (``--traceback`` shows the traceback)."""
+    from absl import app, flags
+
+    if "traceback" not in flags.FLAGS:
+        flags.DEFINE_bool("traceback", False, "on a user error, show the Python traceback instead of one message")
+
+    def main_with_flags(argv):
+        return guarded(main, prog, traceback=flags.FLAGS.traceback)(argv)
+
+    app.run(main_with_flags)
