@@ -389,7 +389,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-
     _define_flags()
     from ebmm_tf.cli import run_absl
 

@@ -2,9 +2,10 @@
 
 A user error is a mistake in what was asked (a missing gin file or dataset, a misspelt or invalid binding, a
 bad flag value, a non-finite input): ``ValueError``, ``TypeError``, ``FileNotFoundError`` (including
-``ebmm_tf.data.DatasetNotFoundError``), ``FileExistsError``, ``NotADirectoryError``, ``PermissionError``, ``FloatingPointError``
-(a diverged run) and TensorFlow's ``InvalidArgumentError``. Set ``EBMM_TRACEBACK=1`` (or pass ``--traceback``
-to the absl tools) to see the full traceback instead. Anything else is a bug and keeps its traceback.
+``ebmm_tf.data.DatasetNotFoundError``), ``FileExistsError``, ``NotADirectoryError``, ``PermissionError``,
+``FloatingPointError`` (a diverged run) and TensorFlow's ``InvalidArgumentError``. Set ``EBMM_TRACEBACK=1`` (or
+pass ``--traceback`` to the absl tools) to see the full traceback instead. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations

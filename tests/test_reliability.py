@@ -98,7 +98,8 @@ CLI_ERRORS = {
         "num_stepz",
     ),
     "train, missing dataset": (
-        ["-m", "ebmm_tf.train", "--gin_file=gin/smoke/omniglot_conv.gin", "--data_dir={tmp}/empty", "--workdir={tmp}/w"],
+        ["-m", "ebmm_tf.train", "--gin_file=gin/smoke/omniglot_conv.gin", "--data_dir={tmp}/empty"]
+        + ["--workdir={tmp}/w"],
         "Omniglot (train split) not found",
     ),
     "evaluate, no model": (["-m", "ebmm_tf.evaluate", "--workdir={tmp}/none"], "No saved model"),
