@@ -41,8 +41,8 @@ def _protocol_and_episodes(export_dir, count):
     from ebmm_tf import evaluate
 
     run_dir = evaluate.resolve_run_dir(export_dir)
-    protocol = evaluate.load_protocol(run_dir)
     record = _record(export_dir)
+    protocol = evaluate.load_protocol(run_dir, record.get("gin_params", []))  # the recorded overrides too
     data_dir = DATA_DIR if protocol.source != "binary_strings" else None
     if data_dir and not os.path.isdir(data_dir):
         pytest.skip(f"no data folder at {data_dir} (set EBMM_DATA_DIR)")
@@ -203,6 +203,7 @@ def test_full_recorded_evaluation_reproduces(export_dir, tmp_path):
     prefix = str(tmp_path / "again")
     args = [sys.executable, "-m", "ebmm_tf.evaluate", f"--workdir={export_dir}", f"--output_prefix={prefix}"]
     args += [f"--num_batches={record['num_batches']}", f"--seed={record['seed']}", "--noprogress"]
+    args += [f"--gin_param={p}" for p in record.get("gin_params", [])]
     if record["source"] != "binary_strings":
         args.append(f"--data_dir={DATA_DIR}")
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=3600)
