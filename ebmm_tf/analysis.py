@@ -11,6 +11,8 @@ r"""Figures of the paper from evaluation results (matplotlib, Agg backend, small
   (the denoising autoencoder, memory size 0) are drawn as horizontal lines.
 * :func:`noise_sweep`: Figure 9 (A.5): error vs a distortion parameter (block size, salt-and-pepper rate), one
   line per evaluated model (workdir).
+* :func:`capacity_curve`: error from the own memory and from another batch's, and the memory gain, against the
+  number of stored patterns N, from ``eval.json`` files of one model evaluated at several N.
 * :func:`training_curve`: validation error (with the query's and the other-memory error) and memory gain vs
   training step from the ``metrics.jsonl`` of one or more runs; curriculum moves are marked.
 
@@ -19,6 +21,7 @@ CLI::
     python -m ebmm_tf.analysis distortion_rate --eval_json=a/eval.json --eval_json=b/eval.json --output=plot.png
     python -m ebmm_tf.analysis noise_sweep --eval_json=DIR/eval_block12.json ... --param=size --output=sweep.png
     python -m ebmm_tf.analysis training_curve --workdir=runs/a --workdir=runs/b --output=curve.png
+    python -m ebmm_tf.analysis capacity_curve --eval_json=DIR/eval_n4.json ... --eval_json=DIR/eval.json --output=n.png
 
 ``--label`` (repeatable, one per ``--eval_json``) overrides the legend entry of each file.
 """
@@ -38,6 +41,7 @@ __all__ = [
     "energy_stats",
     "load_evals",
     "noise_sweep",
+    "capacity_curve",
     "retrieval_grid",
     "to_images",
     "training_curve",
@@ -350,8 +354,39 @@ def training_curve(workdirs, path, labels=None, title=None, dpi=80):
     return out
 
 
+def capacity_curve(eval_jsons, path, title=None, dpi=80):
+    """Own-memory error, other-memory error and the query's (upper panel) and memory gain with its 5-95% band
+    (lower panel) against N, from evaluations of one model at several N (``memory_gain`` keys needed).
+    Returns ``[(N, mean, p5, p95, cross_mean, memory_gain, memory_gain_p5, memory_gain_p95, energy_auc)]``."""
+    plt = _pyplot()
+    records = sorted(load_evals(eval_jsons), key=lambda r: r["N"])
+    missing = [r.get("workdir", "?") for r in records if "memory_gain" not in r]
+    if missing:
+        raise ValueError(f"evaluations without memory-use diagnostics (rerun python -m ebmm_tf.evaluate): {missing}")
+    metric = _metric(records)
+    n = [r["N"] for r in records]
+    fig, (ax, ax_gain) = plt.subplots(2, 1, figsize=(5.0, 4.6), sharex=True, constrained_layout=True)
+    ax.errorbar(n, [r["mean"] for r in records], yerr=_yerr(records), fmt="o-", capsize=3, label="own memory")
+    ax.plot(n, [r["cross_mean"] for r in records], "s:", label="another batch's memory")
+    ax.plot(n, [r["query_mean"] for r in records], "--", color="0.6", label="query")
+    ax.set_ylabel(f"{metric} error per pattern")
+    ax.legend(fontsize=7)
+    gains = np.array([[r["memory_gain"], r["memory_gain_p5"], r["memory_gain_p95"]] for r in records])
+    ax_gain.fill_between(n, gains[:, 1], gains[:, 2], alpha=0.25)
+    ax_gain.plot(n, gains[:, 0], "o-")
+    ax_gain.axhline(0.0, color="k", linewidth=0.6)
+    ax_gain.set_ylabel("memory gain")
+    ax_gain.set_xlabel("stored patterns N")
+    ax_gain.set_xscale("log", base=2)
+    if title:
+        ax.set_title(title, fontsize=8)
+    _save(fig, path, dpi)
+    keys = ("N", "mean", "p5", "p95", "cross_mean", "memory_gain", "memory_gain_p5", "memory_gain_p95", "energy_auc")
+    return [tuple(r.get(k) for k in keys) for r in records]
+
+
 # ====================================================================== CLI
-_COMMANDS = ("distortion_rate", "noise_sweep", "training_curve")
+_COMMANDS = ("distortion_rate", "noise_sweep", "training_curve", "capacity_curve")
 
 
 def _define_flags():
@@ -380,6 +415,8 @@ def main(argv):
         out = training_curve(FLAGS.workdir, FLAGS.output, labels=FLAGS.label, title=FLAGS.title)
     elif not FLAGS.eval_json:
         raise app.UsageError("give at least one --eval_json")
+    elif argv[1] == "capacity_curve":
+        out = capacity_curve(FLAGS.eval_json, FLAGS.output, title=FLAGS.title)
     elif argv[1] == "distortion_rate":
         out = distortion_rate(FLAGS.eval_json, FLAGS.output, labels=FLAGS.label, title=FLAGS.title, logx=FLAGS.logx)
     else:

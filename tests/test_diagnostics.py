@@ -314,3 +314,23 @@ def test_training_curve_reads_validations_and_curriculum_moves(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         analysis.validation_history(str(tmp_path / "nothing"))
+
+
+def test_capacity_curve_sorts_by_n_and_needs_the_diagnostics(tmp_path):
+    from ebmm_tf import analysis
+
+    paths = []
+    for n, own, cross in ((16, 40.0, 50.0), (4, 30.0, 70.0), (64, 45.0, 48.0)):
+        r = {"N": n, "mean": own, "p5": own - 2, "p95": own + 2, "query_mean": 128.0, "cross_mean": cross}
+        r.update(metric="hamming", memory_gain=cross - own, memory_gain_p5=cross - own - 1)
+        r.update(memory_gain_p95=cross - own + 1, energy_auc=0.8)
+        paths.append(str(tmp_path / f"eval_n{n}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(r, f)
+    out = analysis.capacity_curve(paths, str(tmp_path / "n.png"))
+    assert [row[0] for row in out] == [4, 16, 64] and [row[5] for row in out] == [40.0, 10.0, 3.0]
+    assert (tmp_path / "n.png").stat().st_size > 1000
+    with open(paths[0], "w") as f:
+        json.dump({"N": 16, "mean": 1.0, "p5": 1.0, "p95": 1.0, "metric": "hamming"}, f)
+    with pytest.raises(ValueError, match="memory-use diagnostics"):
+        analysis.capacity_curve(paths, str(tmp_path / "m.png"))
