@@ -29,7 +29,7 @@ BATCH_MEAN_ATOL = {"hamming": 0.05, "squared": 1e-3}
 
 def test_models_are_shipped():
     names = {i.split(os.sep)[0] for i in IDS}
-    assert {"binary_strings_n16", "omniglot_conv"} <= names, IDS
+    assert {"binary_strings_n16", "binary_strings_n64", "omniglot_pixel_rnn"} <= names, IDS
 
 
 def _record(export_dir):
@@ -124,7 +124,7 @@ def test_shipped_savedmodel_recalls_in_a_fresh_process(export_dir, tmp_path):
     model = evaluate.load_model(os.path.join(export_dir, "assets.extra", "memory.keras"))
     state = model.write(patterns)
     expected = model.recall(state, queries, feed.get("mask")).numpy()
-    np.testing.assert_allclose(served["retrieved"], expected, atol=1e-4)
+    np.testing.assert_allclose(served["retrieved"], expected, atol=1e-3)  # float32 rounding, amplified by T + K steps
     np.testing.assert_allclose(served["energy"], model.energy(state, expected).numpy(), rtol=1e-4, atol=1e-3)
 
     batch_mean = float(np.mean(trainer.per_pattern_error(protocol.source, patterns, served["retrieved"])))
