@@ -30,7 +30,8 @@ def _metrics(workdir):
 def test_two_fresh_processes_with_the_same_seed_train_identically(tmp_path):
     """The CPU-scale binary-string config (the one `make train` runs): 30 steps in two fresh processes give the
     same losses and gradient norms to the last bit. (Before inlining the nested steps and using one inter-op
-    thread, about a third of these steps differed in the last float digits.)"""
+    thread, about a third of these steps differed in the last float digits. Longer runs still differ from step
+    96 on: docs/performance.md, "Reproducibility".)"""
     procs = []
     for run in ("a", "b"):
         cmd = [sys.executable, "-m", "ebmm_tf.train", "--gin_file=gin/binary_strings_cpu.gin"]
