@@ -52,10 +52,10 @@ class MetaLearner:
       first_order: overrides ``memory.first_order`` for training if not ``None``.
       jit_compile: compile the gradient computation with XLA. Off by default: on CPU the XLA step is slower
         and takes minutes to compile at paper scale (docs/performance.md).
-      inline_steps: with ``nested_steps``, inline the nested steps into the meta-step graph (default): a run is
-        then bitwise reproducible (same seed, same losses in a fresh process). ``False`` keeps them as function
-        calls: a faster first step (tracing and graph optimisation), but the meta-gradient's last float digits
-        vary from step to step, and long runs drift apart (docs/performance.md, "Reproducibility").
+      inline_steps: with ``nested_steps``, inline the nested steps into the meta-step graph (default): the same
+        meta-gradient computed twice gives the same bits. ``False`` keeps them as function calls: a faster first
+        step (tracing and graph optimisation), but the meta-gradient's last float digits vary from call to call
+        (docs/performance.md, "Reproducibility", also for what still varies between processes).
       rate_learning_rate: if set, the learned write and read step sizes (``EnergyMemory.rate_variables``) get
         their own Adam optimiser with this learning rate (no weight decay) instead of the AdamW of the other
         weights: the rates are few, and a CPU-scale run needs them to move faster than the weights. Clipping

@@ -28,8 +28,8 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "inter_op_threads",
     1,
-    "ops run concurrently; 1 (default) keeps a same-seed run bitwise reproducible (with "
-    "MetaLearner.inline_steps, the default); 0: TensorFlow's default (runs differ in the last float digits)",
+    "ops run concurrently; 1 (default): same-seed runs agree bit for bit much longer (docs/performance.md, "
+    "Reproducibility); 0: TensorFlow's default",
 )
 FLAGS = flags.FLAGS
 

@@ -126,8 +126,9 @@ class Experiment:
       log_every, summary_every, image_every: cadences of log lines / scalar summaries / image grids (steps).
       strategy: ``auto``, ``default``, ``mirrored`` or ``multi_worker`` (see ``make_strategy``).
       deterministic: enable TF op determinism. With one inter-op thread (the CLI's default) and
-        ``MetaLearner.inline_steps`` (the default), a same-seed run is then bitwise reproducible in a fresh
-        process and after a resume (docs/performance.md, "Reproducibility").
+        ``MetaLearner.inline_steps`` (the default), two same-seed runs agree bit for bit far longer than without
+        (the first ~95 steps of ``make train``), but not yet for a whole run (docs/performance.md,
+        "Reproducibility").
       progress: show a progress bar.
       model: optional factory of the meta-trained model, called as
         ``model(energy_net_or_None, pattern_shape=..., data_range=...)``; default None = ``EnergyMemory``
@@ -242,8 +243,8 @@ class Experiment:
             tf.config.experimental.enable_op_determinism()
             if tf.config.threading.get_inter_op_parallelism_threads() != 1:
                 logger.warning(
-                    "More than one inter-op thread: same-seed runs will differ in the last float digits (run with "
-                    "--inter_op_threads=1, the CLI's default, for bitwise reproducible runs)."
+                    "More than one inter-op thread: same-seed runs will differ in the last float digits early on (run "
+                    "with --inter_op_threads=1, the CLI's default)."
                 )
         keras.utils.set_random_seed(self.seed)
 
