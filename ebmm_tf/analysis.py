@@ -120,13 +120,6 @@ def retrieval_grid(originals, queries, iterates, energies=None, data_range=(0.0,
 
 
 # ====================================================================== Figure 6
-def _auc_lower(a, b):
-    """P(a < b) + P(a == b) / 2 for samples a, b (``ebmm_tf.diagnostics.energy_auc``)."""
-    from ebmm_tf.diagnostics import energy_auc
-
-    return energy_auc(a, b)
-
-
 def energy_stats(levels, bins=40):
     """Numbers behind Figure 6.
 
@@ -136,6 +129,8 @@ def energy_stats(levels, bins=40):
       ``{"categories": {name: {count, mean, std, min, p5, p50, p95, max}}, "bins": edges [bins + 1],
       "counts": {name: [bins]}, "auc_memory_lower": {other: P(E(memory) < E(other))}}``.
     """
+    from ebmm_tf.diagnostics import energy_auc  # lazy: diagnostics imports TensorFlow
+
     levels = {k: np.asarray(v, np.float64).reshape(-1) for k, v in levels.items() if len(v)}
     allv = np.concatenate(list(levels.values()))
     edges = np.histogram_bin_edges(allv, bins=bins)
@@ -156,7 +151,7 @@ def energy_stats(levels, bins=40):
     if "memories" in levels:
         for k, v in levels.items():
             if k != "memories":
-                out["auc_memory_lower"][k] = _auc_lower(levels["memories"], v)
+                out["auc_memory_lower"][k] = energy_auc(levels["memories"], v)
     return out
 
 

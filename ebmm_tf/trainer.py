@@ -364,8 +364,7 @@ class Experiment:
 
     def _random_image_episode(self, index, num_patterns):
         """Episode ``index`` of the random-binary-image stream (``mix_random_images``)."""
-        key = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 7919], tf.int64), index)
-        s_img, s_dist = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        s_img, s_dist = data_lib.episode_seeds(self.seed, index, stream=7919)
         shape = (num_patterns,) + self.pattern_shape
         patterns = tf.cast(tf.random.stateless_uniform(shape, seed=s_img) < self.mix_density, tf.float32)
         if self.distortion is None:

@@ -24,9 +24,14 @@ logger = logging.getLogger("ebmm_tf.data")
 SAMPLERS = ("uniform", "correlated")
 
 
-def episode_seeds(seed: int, index) -> tuple[tf.Tensor, tf.Tensor]:
-    """(sampling seed, distortion seed), each shape-[2] int64, of episode ``index`` of stream ``seed``."""
-    key = tf.random.experimental.stateless_fold_in(tf.constant([int(seed), 0], tf.int64), tf.cast(index, tf.int64))
+def episode_seeds(seed: int, index, stream: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+    """(sampling seed, distortion seed), each shape-[2] int64, of episode ``index`` of stream ``seed``.
+
+    ``stream`` keeps other per-episode streams drawn from the same seed apart (the data episodes use 0).
+    """
+    key = tf.random.experimental.stateless_fold_in(
+        tf.constant([int(seed), int(stream)], tf.int64), tf.cast(index, tf.int64)
+    )
     s_sample, s_dist = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     return s_sample, s_dist
 
