@@ -50,12 +50,14 @@ class MetaLearner:
       clip_norm: global-norm clipping of the averaged gradient (paper: 0.05); ``None`` disables it.
       strategy: a ``tf.distribute.Strategy``; default: the current one.
       first_order: overrides ``memory.first_order`` for training if not ``None``.
-      jit_compile: compile the gradient computation with XLA. Off by default: on CPU the XLA step is slower
-        and takes minutes to compile at paper scale (docs/performance.md).
+      jit_compile: compile the gradient computation with XLA, as one program. The only setting measured to make
+        same-seed runs bitwise reproducible across processes (TensorFlow's graph executor is not; the CPU-scale
+        binary-string config turns it on); off by default because compiling takes ~14 s more before the first
+        step for the binary-string model and about a minute at paper scale (docs/performance.md).
       inline_steps: with ``nested_steps``, inline the nested steps into the meta-step graph (default): the same
         meta-gradient computed twice gives the same bits. ``False`` keeps them as function calls: a faster first
         step (tracing and graph optimisation), but the meta-gradient's last float digits vary from call to call
-        (docs/performance.md, "Reproducibility", also for what still varies between processes).
+        sooner (docs/performance.md, "Reproducibility").
       rate_learning_rate: if set, the learned write and read step sizes (``EnergyMemory.rate_variables``) get
         their own Adam optimiser with this learning rate (no weight decay) instead of the AdamW of the other
         weights: the rates are few, and a CPU-scale run needs them to move faster than the weights. Clipping

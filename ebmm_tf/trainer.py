@@ -43,7 +43,7 @@ from ebmm_tf import (
 )
 from ebmm_tf import data as data_lib
 from ebmm_tf import metrics as metrics_lib
-from ebmm_tf.baselines import autoencoder, memnet  # noqa: F401  (Keras classes a warm start may load)
+from ebmm_tf.baselines import autoencoder, memnet, recurrent  # noqa: F401  (Keras classes a warm start may load)
 from ebmm_tf.energies import EnergyNetwork
 from ebmm_tf.memory import EnergyMemory
 from ebmm_tf.meta import MetaLearner
@@ -125,9 +125,9 @@ class Experiment:
       checkpoint_every, checkpoint_secs, keep_checkpoints: checkpoint cadence (steps or seconds, whichever first).
       log_every, summary_every, image_every: cadences of log lines / scalar summaries / image grids (steps).
       strategy: ``auto``, ``default``, ``mirrored`` or ``multi_worker`` (see ``make_strategy``).
-      deterministic: enable TF op determinism. With one inter-op thread (the CLI's default) and
-        ``MetaLearner.inline_steps`` (the default), two same-seed runs agree bit for bit far longer than without
-        (the first ~95 steps of ``make train``), but not yet for a whole run (docs/performance.md,
+      deterministic: enable TF op determinism. Necessary, not sufficient: TensorFlow's graph executor still
+        varies in the last float digits from about step 100 on; with ``MetaLearner.jit_compile = True`` (XLA; on
+        in ``gin/binary_strings_cpu.gin``) two same-seed runs are bitwise identical (docs/performance.md,
         "Reproducibility").
       progress: show a progress bar.
       model: optional factory of the meta-trained model, called as

@@ -27,25 +27,24 @@ def _metrics(workdir):
         return [(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, f) if "loss" in r]
 
 
-@pytest.mark.slow  # known to fail under load (issue open): docs/performance.md, "Reproducibility"
 def test_two_fresh_processes_with_the_same_seed_train_identically(tmp_path):
-    """The CPU-scale binary-string config (the one `make train` runs): 30 steps in two fresh processes give the
-    same losses and gradient norms to the last bit. (Before inlining the nested steps and using one inter-op
-    thread, about a third of these steps differed in the last float digits.) Not yet guaranteed: run side by side
-    on a loaded machine the two processes differed from step 27 on (the default suite's CI run, 2026-12-01), and
-    run alone from step 96 on; hence ``slow`` (not in the default suite) until the cause is found.
-    docs/performance.md, "Reproducibility"."""
+    """The CPU-scale binary-string config (the one `make train` runs, its meta-step compiled by XLA): 150 steps in
+    two fresh processes, run side by side, give the same losses and gradient norms to the last bit. (With
+    TensorFlow's graph executor instead of XLA, two processes differed from step 3 with its default inter-op
+    threads, and from about step 100, or step 27 on a loaded machine, with one.) docs/performance.md,
+    "Reproducibility"."""
+    assert "MetaLearner.jit_compile = True" in open(os.path.join(ROOT, "gin", "binary_strings_cpu.gin")).read()
     procs = []
     for run in ("a", "b"):
         cmd = [sys.executable, "-m", "ebmm_tf.train", "--gin_file=gin/binary_strings_cpu.gin"]
-        cmd += [f"--workdir={tmp_path / run}", "--gin_param=Experiment.num_steps = 30"]
+        cmd += [f"--workdir={tmp_path / run}", "--gin_param=Experiment.num_steps = 150"]
         cmd += ["--gin_param=Experiment.validation_every = 0", "--gin_param=Experiment.progress = False"]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     for p in procs:
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, err.decode()[-3000:]
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
-    assert len(a) == 30 and a == b
+    assert len(a) == 150 and a == b
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
