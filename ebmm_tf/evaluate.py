@@ -159,7 +159,7 @@ def checkpoint_step(workdir, kind):
 def _register_model_classes():
     """Imports every module whose Keras classes a saved memory may contain."""
     import ebmm_tf  # noqa: F401  (energies, EnergyMemory)
-    from ebmm_tf.baselines import autoencoder, memnet  # noqa: F401
+    from ebmm_tf.baselines import autoencoder, memnet, recurrent  # noqa: F401
 
 
 def load_model(path):

@@ -15,6 +15,7 @@ from ebmm_tf import evaluate, trainer
 from ebmm_tf.baselines.autoencoder import DenoisingAutoEncoder, denoising_autoencoder
 from ebmm_tf.baselines.memnet import MemoryNetwork, memory_network
 from ebmm_tf.baselines.networks import ConvAutoEncoder, DenseAutoEncoder
+from ebmm_tf.baselines.recurrent import SequentialBaseline
 from ebmm_tf.meta import MetaLearner, meta_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,8 +170,10 @@ def test_every_baseline_gin_file_parses_strictly_and_builds(path, tmp_path):
         assert field in header, f"{path}: the header must state '{field}'"
     trainer.parse_gin([path], ["Experiment.validation_episodes = 1", "Experiment.progress = False"])
     exp = trainer.Experiment(workdir=str(tmp_path), data_dir=DATA_DIR)
-    assert isinstance(exp.memory, (DenoisingAutoEncoder, MemoryNetwork))
-    if isinstance(exp.memory, MemoryNetwork):
+    assert isinstance(exp.memory, (DenoisingAutoEncoder, MemoryNetwork, SequentialBaseline))
+    if isinstance(exp.memory, SequentialBaseline):  # Table 1's recurrent baselines: within its budget
+        assert 0 < exp.memory.memory_size() <= 8256
+    elif isinstance(exp.memory, MemoryNetwork):
         assert exp.memory.memory_size() == exp.memory.num_slots * exp.memory.slot_size > 0
         assert exp.memory.num_slots >= exp.num_patterns
     else:
