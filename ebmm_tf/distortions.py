@@ -13,7 +13,7 @@ same result (a scalar int is accepted too and read as ``[seed, 0]``). ``patterns
   end of the data range with equal probability (A.5, Figure 9b: rates up to ~0.3; 15% in A.4). For
   ``[N, H, W, C]`` images a pixel is one spatial position (all its channels get the same value: black or
   white); for other ranks each entry is a pixel.
-* :class:`BinaryStringProtocol`: A.2 / DESIGN.md: keep exactly ``num_known`` (64) randomly chosen bits
+* :class:`BinaryStringProtocol`: A.2: keep exactly ``num_known`` (64) randomly chosen bits
   of each pattern and replace every other bit by a fresh random +-1; the kept bits form the clamp mask
   that retrieval must hold fixed.
 """

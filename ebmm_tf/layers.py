@@ -35,8 +35,8 @@ def _register_xla_dynamic_update_slice_gradient():
 
     Under XLA (``tf.function(jit_compile=True)``) the gradient of ``Slice`` (hence of ``concat``, used by the
     writable layers) is an ``XlaDynamicUpdateSlice`` of the incoming gradient into zeros; the meta-gradient
-    differentiates it again and fails with "gradient registry has no entry for: XlaDynamicUpdateSlice"
-    (DESIGN.md). ``out = input`` with ``update`` written at ``indices``, so ``d input`` is the incoming gradient
+    differentiates it again and fails with "gradient registry has no entry for: XlaDynamicUpdateSlice".
+    ``out = input`` with ``update`` written at ``indices``, so ``d input`` is the incoming gradient
     with that window zeroed and ``d update`` is the window itself. Registered only if TensorFlow has none.
     """
     try:
@@ -184,7 +184,7 @@ class LayerNorm(keras.layers.Layer):
 
     Why not ``keras.layers.LayerNormalization``: it calls ``tf.nn.moments``, whose gradient registration
     stops the gradient through the mean, so the second- and third-order derivatives that meta-training
-    needs (gradient of a gradient of the energy) come out wrong (DESIGN.md measured a 0.25 relative error of
+    needs (gradient of a gradient of the energy) come out wrong (we measured a 0.25 relative error of
     the meta-gradient). ``tests/test_layers.py`` checks this layer's higher-order gradients against finite
     differences and documents Keras' error.
     """

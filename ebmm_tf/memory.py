@@ -366,7 +366,7 @@ class EnergyMemory(RecallMixin, keras.Model):
     def _energy_grad_x(self, weights, x):
         """``(E [B], grad_x sum_i E_i [B, ...])`` with a fresh watched copy of ``x``."""
         with tf.GradientTape() as tape:
-            x = tf.identity(x)  # a fresh tensor per call: see DESIGN.md on reusing watched inputs
+            x = tf.identity(x)  # a fresh tensor per call: a watched input reused across tapes leaks gradient paths
             tape.watch(x)
             e = self.energy_net(x, memory=weights)
             total = tf.reduce_sum(e)
@@ -465,7 +465,7 @@ class EnergyMemory(RecallMixin, keras.Model):
         with tf.GradientTape() as outer:
             outer.watch(theta)
             with tf.GradientTape() as inner:
-                xw = tf.identity(x)  # fresh per write step (DESIGN.md: reused watched inputs leak paths)
+                xw = tf.identity(x)  # fresh per write step: reused watched inputs leak gradient paths
                 inner.watch(xw)
                 inner.watch(theta)
                 e = self.energy_net(xw, memory=dict(zip(self.memory_names, theta)))

@@ -9,7 +9,7 @@
 * ``apply_gradients(grads)``: clips the *reduced* gradients by global norm, then applies AdamW.
 
 Clipping happens after the cross-replica reduction, never per replica (Keras' ``global_clipnorm`` inside
-``strategy.run`` would clip each replica's gradient before the sum; DESIGN.md). The two halves are separate
+``strategy.run`` would clip each replica's gradient before the sum). The two halves are separate
 so that the caller can refuse non-finite gradients before anything is applied.
 """
 

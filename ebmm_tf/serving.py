@@ -110,7 +110,7 @@ class ServingModule(tf.Module):
             raise ValueError(f"range_tolerance must be >= 0, got {range_tolerance}")
         # Track the tf.Variables themselves, not the Keras model or its Keras variables: with those as the
         # module's children the SavedModel loaded with tf.saved_model.load, but the TF1 session loader
-        # (`saved_model_cli run`, TensorFlow Serving) failed on uninitialised variables (DESIGN.md).
+        # (`saved_model_cli run`, TensorFlow Serving) failed on uninitialised variables (measured with TF 2.21).
         seen, variables = set(), []
         for v in memory.variables:
             tv = _tf_variable(v)

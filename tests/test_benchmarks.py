@@ -114,7 +114,7 @@ def test_recompute_round_trips_through_the_config():
 
 
 def test_xla_meta_gradient_equals_the_graph_one():
-    """XLA needs the XlaDynamicUpdateSlice gradient that ebmm_tf.layers registers (DESIGN.md)."""
+    """XLA needs the XlaDynamicUpdateSlice gradient that ebmm_tf.layers registers (TensorFlow has none)."""
     ep = {k: tf.constant(v) for k, v in episode((6,), 3, (-1.0, 1.0), seed=3, clamp=True).items()}
     mem = _memory(tiny_rnn, (-1.0, 1.0))
 

@@ -83,7 +83,7 @@ def test_keras_layernormalization_gives_wrong_higher_order_gradients():
 
     ``keras.layers.LayerNormalization`` uses ``tf.nn.moments``, which stops the gradient through the mean
     inside the variance. First and second derivatives happen to survive, the third-order one that the
-    meta-gradient needs does not (about 5% relative error here; DESIGN.md saw 25% on a full meta-gradient).
+    meta-gradient needs does not (about 5% relative error here, and 25% measured on a full meta-gradient).
     If this starts failing, a Keras/TF release fixed it and the workaround may be revisited.
     """
     x0, c, p, _ = _problem()

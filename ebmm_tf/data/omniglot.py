@@ -4,7 +4,7 @@ Splits: ``"train"`` = the *background* set (964 characters x 20 drawers = 19,280
 ``"test"`` = the *evaluation* set (659 characters x 20 = 13,180 images, 20 alphabets).
 
 Preprocessing (paper Section 4.1: "downscaled the images to 32x32 size and binarized them using a 0.5
-threshold"; pixel convention fixed in DESIGN.md): the 105x105 1-bit PNGs (white background, black
+threshold"; the pixel convention is ours): the 105x105 1-bit PNGs (white background, black
 ink) are read as ``ink = 1 - png / 255`` (ink = 1, background = 0), area-averaged to 32x32 with
 ``tf.image.resize(..., method="area")`` and binarized with ``> 0.5``. Result: float32 in {0, 1}, shape
 [32, 32, 1] per image (stored as uint8 in memory and in the cache).
