@@ -232,12 +232,14 @@ def random_episode(spec, distortion, seed=0):
     """An episode of random patterns of the right shape and range, queries from the configured distortion."""
     import tensorflow as tf
 
+    from ebmm_tf import data as data_lib
+
     rng = np.random.default_rng(seed)
     shape = (spec["num_patterns"],) + tuple(spec["pattern_shape"])
     lo, hi = spec["data_range"]
     if spec["source"] == "binary_strings":
         patterns = rng.choice([-1.0, 1.0], size=shape)
-    elif spec["source"] in ("omniglot", "mnist"):  # binarized images
+    elif data_lib.is_binary(spec["source"]):  # binarized images
         patterns = (rng.uniform(size=shape) < 0.2).astype(np.float64)
     else:
         patterns = rng.uniform(lo, hi, size=shape)

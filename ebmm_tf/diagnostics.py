@@ -33,6 +33,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from ebmm_tf import metrics
+
 __all__ = ["MemoryUseProbe", "MemoryUseSummary", "energy_auc", "describe"]
 
 
@@ -119,7 +121,7 @@ class MemoryUseProbe:
     Args:
       model: an ``EnergyMemory`` or a baseline with ``write`` / ``read`` (``energy`` and ``theta_bar`` are used
         when present).
-      source: the data source (chooses Hamming or squared error, as ``ebmm_tf.trainer.per_pattern_error``).
+      source: the data source (chooses Hamming or squared error, as ``ebmm_tf.metrics.per_pattern_error``).
       clamps: pass each episode's ``clamp`` mask to ``read`` (binary-string protocol).
     """
 
@@ -138,9 +140,7 @@ class MemoryUseProbe:
 
     # ------------------------------------------------------------------ compiled halves
     def _errors(self, patterns, x):
-        from ebmm_tf import trainer
-
-        return trainer.per_pattern_error(self.source, patterns, x)
+        return metrics.per_pattern_error(self.source, patterns, x)
 
     def _layer_deltas(self, state):
         """Per writable layer: the flattened write ``theta_T - theta_bar`` and ``||theta_bar||``."""

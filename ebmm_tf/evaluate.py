@@ -26,7 +26,7 @@ What it does:
    reuse training or model-selection episodes): each episode is written into a fresh memory, the N distorted
    queries are read (clamping the known bits for binary strings), and the per-pattern error of the last read
    iterate is taken (Hamming after binarization for binary sources, squared error otherwise; the same
-   ``ebmm_tf.trainer.per_pattern_error`` as validation). The per-episode step is a ``tf.function``.
+   ``ebmm_tf.metrics.per_pattern_error`` as validation). The per-episode step is a ``tf.function``.
 4. writes ``DIR/<prefix>.json`` (mean over all patterns, 5th/95th percentiles of the per-batch means, the same
    for the queries themselves, per-read-iterate means, metric, memory size, N, distortion, checkpoint step,
    seed, data provenance, wall time, hardware) and ``DIR/<prefix>.md`` (a short markdown table). With
@@ -97,9 +97,9 @@ class Protocol:
 
     @property
     def metric(self) -> str:
-        from ebmm_tf import trainer
+        from ebmm_tf import metrics
 
-        return trainer.error_metric(self.source)
+        return metrics.error_metric(self.source)
 
 
 # ====================================================================== checkpoints and configuration
@@ -549,7 +549,7 @@ def ood_patterns(source, count, seed=0, data_dir=None):
 
     from ebmm_tf import data as data_lib
 
-    if source not in ("omniglot", "mnist", "sklearn_digits"):
+    if source == "binary_strings" or not data_lib.is_binary(source):
         return None
     try:
         images, _ = data_lib.load_split("cifar10", "test", data_dir)

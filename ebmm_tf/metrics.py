@@ -4,6 +4,8 @@
   the midpoint of the data range (``> 0.5`` for {0, 1} images, i.e. Omniglot and MNIST; ``> 0``, the
   sign, for {-1, +1} binary strings; a value exactly at the midpoint counts as the low value).
 * :func:`squared_error`: per-pattern sum of squared differences over all dimensions (CIFAR-10, ImageNet).
+* :func:`error_metric` / :func:`per_pattern_error`: the paper's error of a data source (Hamming for the binary
+  sources of ``ebmm_tf.data.BINARY_SOURCES``, squared otherwise).
 * :class:`ErrorSummary`: the paper reports the mean with 5th and 95th percentiles "computed on a 1000 of
   random batches" (Appendix A, "Error bars"): accumulate the per-pattern errors of each test batch; the
   mean is over all patterns, the percentiles over the per-batch mean errors.
@@ -40,6 +42,22 @@ def squared_error(originals, retrieved) -> tf.Tensor:
     a = tf.cast(_flat(originals), tf.float32)
     b = tf.cast(_flat(retrieved), tf.float32)
     return tf.reduce_sum(tf.square(a - b), axis=1)
+
+
+def error_metric(source: str) -> str:
+    """``"hamming"`` for binary sources, else ``"squared"``."""
+    from ebmm_tf.data import registry
+
+    return "hamming" if registry.is_binary(source) else "squared"
+
+
+def per_pattern_error(source, originals, retrieved) -> tf.Tensor:
+    """float32 [N]: the paper's error of ``source`` between ``originals`` and ``retrieved``."""
+    from ebmm_tf.data import registry
+
+    if error_metric(source) == "hamming":
+        return hamming_error(originals, retrieved, registry.data_range(source))
+    return squared_error(originals, retrieved)
 
 
 class ErrorSummary:

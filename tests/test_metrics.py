@@ -80,3 +80,17 @@ def test_error_summary_empty_and_reset():
     assert s.result()["num_patterns"] == 0
     with pytest.raises(ValueError):
         s.accumulate([])
+
+
+def test_each_source_has_the_papers_error_metric():
+    from ebmm_tf import data
+    from ebmm_tf.metrics import error_metric, per_pattern_error
+
+    expected = {"binary_strings": "hamming", "omniglot": "hamming", "mnist": "hamming", "sklearn_digits": "hamming"}
+    for source in data.SOURCES:
+        assert error_metric(source) == expected.get(source, "squared"), source
+    x = np.array([[1.0, -1.0, 1.0]], np.float32)
+    np.testing.assert_array_equal(per_pattern_error("binary_strings", x, -x).numpy(), [3.0])
+    np.testing.assert_allclose(per_pattern_error("cifar10", x * 0.5, x * 0.0).numpy(), [0.75])
+    with pytest.raises(ValueError, match="Unknown source"):
+        error_metric("no_such_source")

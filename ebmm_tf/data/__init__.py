@@ -11,7 +11,17 @@ official distribution layouts), then in a prepared TFDS data dir (never download
 
 from ebmm_tf.data.common import DatasetNotFoundError, RawSplit
 from ebmm_tf.data.episodes import episode_seeds, make_episodes
-from ebmm_tf.data.registry import SOURCES, SPLITS, data_range, dataset_info, load_raw, load_split, pattern_shape
+from ebmm_tf.data.registry import (
+    BINARY_SOURCES,
+    SOURCES,
+    SPLITS,
+    data_range,
+    dataset_info,
+    is_binary,
+    load_raw,
+    load_split,
+    pattern_shape,
+)
 from ebmm_tf.data.samplers import CorrelatedSampler, uniform_indices
 
 __all__ = [
@@ -19,10 +29,12 @@ __all__ = [
     "RawSplit",
     "SOURCES",
     "SPLITS",
+    "BINARY_SOURCES",
     "CorrelatedSampler",
     "data_range",
     "dataset_info",
     "episode_seeds",
+    "is_binary",
     "load_raw",
     "load_split",
     "make_episodes",

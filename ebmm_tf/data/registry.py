@@ -24,6 +24,9 @@ _SHAPES = {
     "sklearn_digits": mnist.IMAGE_SHAPE,  # MNIST stand-in, binarized, {0, 1}
 }
 SOURCES = ("binary_strings",) + tuple(_SHAPES)
+# Sources whose patterns are binary: their error is the Hamming distance after binarization (paper 4.1, A.2);
+# the others' is the squared error (4.2, 4.3).
+BINARY_SOURCES = ("binary_strings", "omniglot", "mnist", "sklearn_digits")
 SPLITS = ("train", "test", "validation", "train_minus_validation")
 VALIDATION_EVERY = 10  # 1 in 10 classes (Omniglot) or images (others) of the training split is held out
 _HOLD_OUT_CLASSES = ("omniglot",)  # sources whose validation split holds out whole classes
@@ -32,6 +35,12 @@ _HOLD_OUT_CLASSES = ("omniglot",)  # sources whose validation split holds out wh
 def _check(source: str) -> None:
     if source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}; expected one of {SOURCES}")
+
+
+def is_binary(source: str) -> bool:
+    """Whether the patterns of ``source`` are binary (+-1 strings, {0, 1} images)."""
+    _check(source)
+    return source in BINARY_SOURCES
 
 
 def data_range(source: str) -> tuple[float, float]:
