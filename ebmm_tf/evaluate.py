@@ -115,26 +115,10 @@ def resolve_run_dir(workdir):
 
 
 def find_checkpoint(workdir, which="auto"):
-    """``(path, kind)`` of the model to evaluate: ``best/memory.keras``, else ``latest/memory.keras``, else (an
-    export's ``assets.extra/``) ``memory.keras``."""
-    kinds = {"auto": ("best", "latest", "export"), "best": ("best",), "latest": ("latest",)}
-    if which not in kinds:
-        raise ValueError(f"checkpoint must be auto, best or latest; got {which!r}")
-    if which == "auto" and os.path.basename(os.path.normpath(workdir)) == "assets.extra":
-        path = os.path.join(workdir, "memory.keras")
-        if os.path.exists(path):
-            return path, "export"
-    for kind in kinds[which]:
-        if kind == "export":
-            continue
-        path = os.path.join(workdir, kind, "memory.keras")
-        if os.path.exists(path):
-            return path, kind
-    tried = ", ".join(os.path.join(workdir, k, "memory.keras") for k in kinds[which] if k != "export")
-    raise FileNotFoundError(
-        f"No saved model in {workdir} (looked for {tried}). Train first: "
-        f"python -m ebmm_tf.train --gin_file=... --workdir={workdir}"
-    )
+    """``(path, kind)`` of the model to evaluate (``ebmm_tf.rundir.find_saved_model``)."""
+    from ebmm_tf import rundir
+
+    return rundir.find_saved_model(workdir, which)
 
 
 def checkpoint_step(workdir, kind):
@@ -156,18 +140,11 @@ def checkpoint_step(workdir, kind):
     return None
 
 
-def _register_model_classes():
-    """Imports every module whose Keras classes a saved memory may contain."""
-    import ebmm_tf  # noqa: F401  (energies, EnergyMemory)
-    from ebmm_tf.baselines import autoencoder, memnet, recurrent  # noqa: F401
-
-
 def load_model(path):
-    """Loads a saved ``memory.keras`` (EnergyMemory or a baseline)."""
-    import keras
+    """Loads a saved ``memory.keras`` (EnergyMemory or a baseline): ``ebmm_tf.rundir.load_saved_model``."""
+    from ebmm_tf import rundir
 
-    _register_model_classes()
-    return keras.saving.load_model(path, compile=False)
+    return rundir.load_saved_model(path)
 
 
 def _evaluate_reference(value):
@@ -185,9 +162,9 @@ def load_protocol(workdir, gin_params=()) -> Protocol:
     Clears the process' gin configuration before and after.
     """
     import gin
-    from ebmm_tf import trainer
+    from ebmm_tf import rundir, trainer
 
-    _register_model_classes()
+    rundir.register_model_classes()
     config = os.path.join(workdir, "operative_config.gin")
     if not os.path.exists(config):
         raise FileNotFoundError(f"{config} not found: is {workdir} a workdir of python -m ebmm_tf.train?")
@@ -421,12 +398,10 @@ def _markdown(r):
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp_" + os.path.basename(path))
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _write_text(path, text):
+    from ebmm_tf import rundir
+
+    rundir.atomic_write_text(path, text)
 
 
 def _json_default(o):
@@ -521,8 +496,8 @@ def evaluate(
         )
     record["eval_seconds"] = result["wall_seconds"]
     record["wall_seconds"] = time.time() - start  # including model loading and figures
-    _atomic_write(_output_path(workdir, output_prefix, ".json"), json.dumps(record, indent=2, default=_json_default))
-    _atomic_write(_output_path(workdir, output_prefix, ".md"), _markdown(record))
+    _write_text(_output_path(workdir, output_prefix, ".json"), json.dumps(record, indent=2, default=_json_default))
+    _write_text(_output_path(workdir, output_prefix, ".md"), _markdown(record))
     return record
 
 
@@ -635,7 +610,7 @@ def _figures(model, protocol, first, workdir, prefix, seed, split, data_dir, fig
         stats["out_of_distribution_source"] = ood_desc
         stats["num_batches"] = figure_batches
         json_path = _output_path(workdir, prefix, "_energy.json")
-        _atomic_write(json_path, json.dumps(stats, indent=2, default=_json_default))
+        _write_text(json_path, json.dumps(stats, indent=2, default=_json_default))
         paths["energy"] = path
         paths["energy_json"] = json_path
     return paths

@@ -27,11 +27,11 @@ import os
 import shutil
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+from ebmm_tf import rundir
 from ebmm_tf.memory import EnergyMemory
 from ebmm_tf.serving import SERVING_DEFAULT, SIGNATURES, ServingModule, describe, state_key
 
@@ -42,22 +42,14 @@ KERAS_FILE = "memory.keras"
 
 
 def find_memory_file(workdir) -> str:
-    """``workdir/best/memory.keras`` if it exists, else ``workdir/latest/memory.keras``."""
-    candidates = [os.path.join(workdir, sub, KERAS_FILE) for sub in ("best", "latest")]
-    for path in candidates:
-        if tf.io.gfile.exists(path):
-            return path
-    raise FileNotFoundError(
-        f"no trained memory in workdir {workdir!r}: neither {candidates[0]} (best validated model) nor "
-        f"{candidates[1]} (latest) exists"
-    )
+    """``workdir/best/memory.keras`` if it exists, else ``workdir/latest/memory.keras``
+    (``ebmm_tf.rundir.find_saved_model``)."""
+    return rundir.find_saved_model(str(workdir), "auto")[0]
 
 
 def load_memory(memory_file) -> EnergyMemory:
-    """Loads an ``EnergyMemory`` from a ``.keras`` file (the ebmm_tf classes register on import)."""
-    if not tf.io.gfile.exists(memory_file):
-        raise FileNotFoundError(f"memory file {memory_file} does not exist")
-    memory = keras.saving.load_model(memory_file, compile=False)
+    """Loads an ``EnergyMemory`` from a ``.keras`` file (``ebmm_tf.rundir.load_saved_model``)."""
+    memory = rundir.load_saved_model(memory_file)
     if not isinstance(memory, EnergyMemory):
         raise TypeError(f"{memory_file} holds a {type(memory).__name__}, not an ebmm_tf.EnergyMemory")
     return memory

@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import keras
@@ -40,6 +39,7 @@ from ebmm_tf import (
     configurables,
     diagnostics,
     distortions,  # noqa: F401  (registers the distortions with gin)
+    rundir,
 )
 from ebmm_tf import data as data_lib
 from ebmm_tf import metrics as metrics_lib
@@ -74,21 +74,6 @@ def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     if kind not in ("auto", "default"):
         raise ValueError(f"strategy must be auto, default, mirrored or multi_worker; got {kind!r}")
     return tf.distribute.get_strategy()
-
-
-def _atomic_write_text(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_keras(model, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), ".tmp_" + os.path.basename(path))
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 @gin.configurable(module="ebmm_tf.train")
@@ -317,7 +302,7 @@ class Experiment:
         self._probe = diagnostics.MemoryUseProbe(self.memory, source, self.clamps)
         self.best = self._read_best()
         if self.is_chief:
-            _atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
+            rundir.atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
             self.train_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb", "train"))
             self.valid_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb", "validation"))
         else:
@@ -327,7 +312,7 @@ class Experiment:
         """Copies the weights of the saved model at ``path`` into ``self.memory`` (same architecture)."""
         if not os.path.exists(path):
             raise FileNotFoundError(f"Experiment.init_from: {path} does not exist")
-        source = keras.saving.load_model(path, compile=False)
+        source = rundir.load_saved_model(path)
         src, dst = source.weights, self.memory.weights
         if [tuple(v.shape) for v in src] != [tuple(v.shape) for v in dst]:
             raise ValueError(
@@ -474,8 +459,10 @@ class Experiment:
         )
         if better:
             self.best = {"step": step, **result}
-            _atomic_save_keras(self.memory, os.path.join(self.workdir, "best", "memory.keras"))
-            _atomic_write_text(os.path.join(self.workdir, "best", "metrics.json"), json.dumps(self.best, indent=2))
+            rundir.atomic_save_keras(self.memory, os.path.join(self.workdir, "best", "memory.keras"))
+            rundir.atomic_write_text(
+                os.path.join(self.workdir, "best", "metrics.json"), json.dumps(self.best, indent=2)
+            )
 
     def _log_metrics(self, record):
         if self.is_chief:
@@ -489,7 +476,7 @@ class Experiment:
             return
         with open(path) as f:
             lines = [line for line in f if line.strip() and json.loads(line)["step"] <= self.restored_step]
-        _atomic_write_text(path, "".join(lines))
+        rundir.atomic_write_text(path, "".join(lines))
 
     def _rate_summaries(self):
         mem = self.memory
@@ -643,8 +630,8 @@ class Experiment:
         if not self.is_chief:  # non-chief workers saved only so that the collective save could proceed
             shutil.rmtree(self.manager.directory, ignore_errors=True)
         if self.is_chief:
-            _atomic_save_keras(self.memory, os.path.join(self.workdir, "latest", "memory.keras"))
-            _atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
+            rundir.atomic_save_keras(self.memory, os.path.join(self.workdir, "latest", "memory.keras"))
+            rundir.atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
         self.train_writer.flush()
         self.valid_writer.flush()
         if stop_signal:
