@@ -22,10 +22,35 @@ import tensorflow as tf
 
 from ebmm_tf.memory import RecallMixin
 
-__all__ = ["BaselineMemory"]
+__all__ = ["BaselineMemory", "RangeOutputs", "check_data_range"]
 
 
-class BaselineMemory(RecallMixin, keras.Model):
+def check_data_range(data_range) -> tuple[float, float]:
+    """``(lo, hi)`` as floats; raises ``ValueError`` unless ``lo < hi``."""
+    lo, hi = (float(v) for v in data_range)
+    if not lo < hi:
+        raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
+    return lo, hi
+
+
+class RangeOutputs:
+    """Output squashing and clamping shared by every learned baseline (needs ``data_range`` and ``_cast``)."""
+
+    def squash(self, logits):
+        """Decoder logits -> the data range: ``lo + (hi - lo) * sigmoid(logits)``."""
+        lo, hi = self.data_range
+        return lo + (hi - lo) * tf.sigmoid(logits)
+
+    def _clamp_fn(self, queries, mask):
+        if mask is None:
+            return lambda x: x
+        mask = self._cast(mask, "mask")
+        known = queries * mask
+        keep = 1.0 - mask
+        return lambda x: x * keep + known
+
+
+class BaselineMemory(RangeOutputs, RecallMixin, keras.Model):
     """Base class of the learned baselines over a shared encoder/decoder ``network`` (``project``, ``recall``,
     ``reconstruction_loss`` and ``call`` come from ``ebmm_tf.memory.RecallMixin``).
 
@@ -39,11 +64,8 @@ class BaselineMemory(RecallMixin, keras.Model):
         for attr in ("encode", "decode", "pattern_shape", "encoding_size"):
             if not hasattr(network, attr):
                 raise TypeError(f"network must be an encoder/decoder with `{attr}`, got {type(network).__name__}")
-        lo, hi = (float(v) for v in data_range)
-        if not lo < hi:
-            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
         self.network = network
-        self.data_range = (lo, hi)
+        self.data_range = check_data_range(data_range)
 
     @property
     def pattern_shape(self) -> tuple[int, ...]:
@@ -51,20 +73,6 @@ class BaselineMemory(RecallMixin, keras.Model):
 
     def memory_size(self) -> int:
         raise NotImplementedError
-
-    # ------------------------------------------------------------------ helpers
-    def squash(self, logits):
-        """Decoder logits -> the data range: ``lo + (hi - lo) * sigmoid(logits)``."""
-        lo, hi = self.data_range
-        return lo + (hi - lo) * tf.sigmoid(logits)
-
-    def _clamp_fn(self, queries, mask):
-        if mask is None:
-            return lambda x: x
-        mask = self._cast(mask, "mask")
-        known = queries * mask
-        keep = 1.0 - mask
-        return lambda x: x * keep + known
 
     def get_config(self):
         config = super().get_config()

@@ -43,13 +43,14 @@ import numpy as np
 import tensorflow as tf
 
 import gin
+from ebmm_tf.baselines.base import RangeOutputs, check_data_range
 from ebmm_tf.layers import Linear
 from ebmm_tf.memory import MemoryState, RecallMixin
 
 __all__ = ["LSTMMemory", "MANN", "DifferentiablePlasticity", "lstm_memory", "mann", "differentiable_plasticity"]
 
 
-class SequentialBaseline(RecallMixin, keras.Model):
+class SequentialBaseline(RangeOutputs, RecallMixin, keras.Model):
     """Common part: pattern shape, data range, squashing and clamping of the iterates.
 
     Args:
@@ -60,14 +61,11 @@ class SequentialBaseline(RecallMixin, keras.Model):
 
     def __init__(self, pattern_shape, data_range=(-1.0, 1.0), read_steps=1, **kwargs):
         super().__init__(**kwargs)
-        lo, hi = (float(v) for v in data_range)
-        if not lo < hi:
-            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
+        self.data_range = check_data_range(data_range)
         if int(read_steps) < 1:
             raise ValueError(f"read_steps must be >= 1, got {read_steps}")
         self._pattern_shape = tuple(int(d) for d in pattern_shape)
         self.dim = int(np.prod(self._pattern_shape))
-        self.data_range = (lo, hi)
         self.read_steps = int(read_steps)
 
     @property
@@ -78,16 +76,7 @@ class SequentialBaseline(RecallMixin, keras.Model):
         return tf.reshape(x, [-1, self.dim])
 
     def _iterate(self, logits, clamp):
-        lo, hi = self.data_range
-        x = lo + (hi - lo) * tf.sigmoid(logits)
-        return clamp(tf.reshape(x, [-1, *self._pattern_shape]))
-
-    def _clamp_fn(self, queries, mask):
-        if mask is None:
-            return lambda x: x
-        mask = self._cast(mask, "mask")
-        known, keep = queries * mask, 1.0 - mask
-        return lambda x: x * keep + known
+        return clamp(tf.reshape(self.squash(logits), [-1, *self._pattern_shape]))
 
     def get_config(self):
         config = super().get_config()
