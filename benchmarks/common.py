@@ -195,35 +195,32 @@ def build_from_gin(config, params=(), recompute=False, first_order=None, jit_com
     import keras
 
     import gin
-    from ebmm_tf import configurables, trainer
-    from ebmm_tf import data as data_lib
+    from ebmm_tf import run as run_lib
     from ebmm_tf.meta import MetaLearner
 
     gin.clear_config()
-    trainer.parse_gin([gin_path(config)], list(params))
-    source = gin.query_parameter("Experiment.source")
-    num_patterns = int(gin.query_parameter("Experiment.num_patterns"))
-    try:
-        distortion_ref = gin.query_parameter("Experiment.distortion")
-    except ValueError:
-        distortion_ref = None
+    run_lib.parse_gin([gin_path(config)], list(params))
+    task = run_lib.config_from_gin().task
+    source, num_patterns, distortion = task.source, task.num_patterns, task.distortion
+    pattern_shape = task.pattern_shape
     keras.utils.set_random_seed(0)
-    pattern_shape = data_lib.pattern_shape(source)
-    net = gin.query_parameter("Experiment.energy").scoped_configurable_fn(pattern_shape=pattern_shape)
-    memory = configurables.EnergyMemory(net, data_range=data_lib.data_range(source), recompute=recompute)
+    energy = run_lib.bound("energy", None)
+    if energy is None:
+        raise ValueError(f"{config}: the benchmarks time EBMM's meta-step; this configuration has no Experiment.energy")
+    memory = run_lib.build_memory(task, energy, recompute=recompute)
+    net = memory.energy_net
     learner = MetaLearner(memory, first_order=first_order, jit_compile=jit_compile)
-    distortion = distortion_ref.scoped_configurable_fn() if distortion_ref is not None else None
     spec = {
         "source": source,
         "num_patterns": num_patterns,
         "pattern_shape": list(pattern_shape),
-        "data_range": list(data_lib.data_range(source)),
+        "data_range": list(task.data_range),
         "energy": type(net).__name__,
         "memory_size": memory.memory_size(),
         "write_steps": memory.write_steps,
         "read_steps": memory.read_steps,
         "trainable_floats": int(sum(_prod(v.shape) for v in memory.trainable_variables)),
-        "clamped": bool(getattr(distortion, "clamps", False)),
+        "clamped": task.clamps,
     }
     return learner, distortion, spec
 

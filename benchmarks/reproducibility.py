@@ -40,13 +40,14 @@ def worker(config, steps, inline, inter, jit, params):
 
     if inter:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
+    from ebmm_tf import run as run_lib
     from ebmm_tf import trainer
 
     gin_file = os.path.join(ROOT, "gin", config + ".gin")
     bindings = ["Experiment.validation_every = 0", "Experiment.progress = False", *params]
     bindings.append(f"MetaLearner.inline_steps = {inline}")
     bindings.append(f"MetaLearner.jit_compile = {jit}")
-    trainer.parse_gin([gin_file], bindings)
+    run_lib.parse_gin([gin_file], bindings)
     with tempfile.TemporaryDirectory() as workdir:
         exp = trainer.Experiment(workdir=workdir)
         losses, norms, times = [], [], []

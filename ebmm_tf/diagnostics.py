@@ -33,7 +33,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from ebmm_tf import metrics
+from ebmm_tf import contract, metrics
 
 __all__ = ["MemoryUseProbe", "MemoryUseSummary", "energy_auc", "describe"]
 
@@ -129,7 +129,7 @@ class MemoryUseProbe:
         from ebmm_tf.memory import EnergyMemory
 
         self.model, self.source, self.clamps = model, source, bool(clamps)
-        self.has_energy = hasattr(model, "energy") and callable(model.energy)
+        self.has_energy = contract.has_energy(model)
         self.has_writes = isinstance(model, EnergyMemory)
         self.layer_names = []
         if self.has_writes:

@@ -29,7 +29,7 @@ import math
 import keras
 import tensorflow as tf
 
-from ebmm_tf.layers import Conv, LayerNorm, Linear, WritableConv2D, WritableDense, WritableLayer
+from ebmm_tf.layers import Conv, LayerNorm, Linear, ResBlock, WritableConv2D, WritableDense, WritableLayer
 
 __all__ = [
     "EnergyNetwork",
@@ -156,45 +156,6 @@ class GatedRNNEnergy(EnergyNetwork):
         config.update(
             input_size=self.input_size, hidden_size=self.hidden_size, hops=self.hops, dynamic_size=self.dynamic_size
         )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="ebmm_tf")
-class ResBlock(keras.layers.Layer):
-    """Static residual block: ``tanh(LN(conv3x3(tanh(LN(conv3x3_s(x))))) + pool_s(conv1x1(x)))``.
-
-    ``x [B, H, W, in_channels] -> [B, ceil(H/s), ceil(W/s), channels]``. The shortcut is average-pooled
-    (3x3, stride s) *before* the 1x1 convolution, which equals pooling after it (both are linear and the
-    pooling weights sum to one) at a fraction of the cost.
-    """
-
-    def __init__(self, in_channels, channels, stride=2, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels, self.channels, self.stride = int(in_channels), int(channels), int(stride)
-        dt = self.dtype_policy
-        self.conv1 = self._first_conv(dt)
-        self.norm1 = LayerNorm(channels=channels, name="norm1", dtype=dt)
-        self.conv2 = Conv(channels, channels, 3, 1, name="conv2", dtype=dt)
-        self.norm2 = LayerNorm(channels=channels, name="norm2", dtype=dt)
-        self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
-        self.built = True
-
-    def _first_conv(self, dtype):
-        """The 3x3 convolution with the block's stride (a transposed one in ``baselines.networks.UpResBlock``)."""
-        return Conv(self.in_channels, self.channels, 3, self.stride, name="conv1", dtype=dtype)
-
-    def _shortcut_input(self, x):
-        """What the 1x1 shortcut convolution sees: ``x`` resampled to the output's spatial size."""
-        return tf.nn.avg_pool2d(x, 3, self.stride, "SAME") if self.stride > 1 else x
-
-    def call(self, x):
-        y = tf.tanh(self.norm1(self.conv1(x)))
-        y = self.norm2(self.conv2(y))
-        return tf.tanh(y + self.shortcut(self._shortcut_input(x)))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(in_channels=self.in_channels, channels=self.channels, stride=self.stride)
         return config
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import math
 import os
@@ -52,15 +51,26 @@ import time
 
 import numpy as np
 
+from ebmm_tf import eval_figures, rundir
+from ebmm_tf import run as run_lib
+
 logger = logging.getLogger("ebmm_tf.evaluate")
+
+# Names kept for code written against earlier versions; the owner is ebmm_tf.rundir.
+load_model = rundir.load_saved_model
+resolve_run_dir = rundir.resolve_run_dir
+checkpoint_step = rundir.checkpoint_step
+
+
+def _episodes(protocol, split, seed, data_dir, with_indices=False):
+    """``protocol.episodes(...)`` under its earlier name (the shipped models' tests replay episodes with it)."""
+    return protocol.episodes(split, seed, data_dir, with_indices=with_indices)
 
 __all__ = [
     "EVAL_SEED",
     "Protocol",
     "evaluate",
     "evaluate_model",
-    "find_checkpoint",
-    "load_model",
     "load_protocol",
     "model_family",
 ]
@@ -70,99 +80,28 @@ __all__ = [
 EVAL_SEED = 20_011
 
 
-@dataclasses.dataclass
-class Protocol:
-    """What an evaluation measures (read from a run's operative config and overrides).
+@dataclasses.dataclass(frozen=True)
+class Protocol(run_lib.Task):
+    """What an evaluation measures: the run's ``ebmm_tf.run.Task`` (read from its operative config and
+    overrides) and the seeds and split the run trained and selected on, which the evaluation stream must avoid.
 
-    Attributes:
-      source, num_patterns (N), distortion (callable ``(patterns, seed) -> Distorted`` or None), sampler,
-      num_classes: as ``ebmm_tf.trainer.Experiment``.
-      data_dir: the run's data dir (None: ``$EBMM_DATA_DIR``).
-      train_seed, validation_seed, validation_split: the run's seeds, to keep the evaluation stream apart.
+    Attributes (beyond ``Task``'s): data_dir (the run's; None: ``$EBMM_DATA_DIR``), train_seed,
+    validation_seed, validation_split.
     """
 
-    source: str
-    num_patterns: int
-    distortion: object = None
-    sampler: str = "uniform"
-    num_classes: int = 2
     data_dir: str | None = None
     train_seed: int | None = None
     validation_seed: int | None = None
     validation_split: str | None = None
 
-    @property
-    def clamps(self) -> bool:
-        return bool(getattr(self.distortion, "clamps", False))
-
-    @property
-    def metric(self) -> str:
-        from ebmm_tf import metrics
-
-        return metrics.error_metric(self.source)
-
 
 # ====================================================================== checkpoints and configuration
-def resolve_run_dir(workdir):
-    """The directory holding a run's ``operative_config.gin``: ``workdir`` itself, or for a SavedModel export
-    made from a workdir (``python -m ebmm_tf.export --workdir=...``), its ``assets.extra/`` folder."""
-    extra = os.path.join(workdir, "assets.extra")
-    if not os.path.exists(os.path.join(workdir, "operative_config.gin")) and os.path.exists(
-        os.path.join(extra, "operative_config.gin")
-    ):
-        return extra
-    return workdir
-
-
-def find_checkpoint(workdir, which="auto"):
-    """``(path, kind)`` of the model to evaluate (``ebmm_tf.rundir.find_saved_model``)."""
-    from ebmm_tf import rundir
-
-    return rundir.find_saved_model(workdir, which)
-
-
-def checkpoint_step(workdir, kind):
-    """Training step of the saved model: ``best/metrics.json``'s ``step``, or the last checkpoint's number."""
-    if kind in ("best", "export"):
-        path = (
-            os.path.join(workdir, "best", "metrics.json")
-            if kind == "best"
-            else os.path.join(workdir, "train_metrics.json")
-        )
-        if os.path.exists(path):
-            with open(path) as f:
-                return int(json.load(f)["step"])
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if latest and latest.rsplit("-", 1)[-1].isdigit():
-        return int(latest.rsplit("-", 1)[-1])
-    return None
-
-
-def load_model(path):
-    """Loads a saved ``memory.keras`` (EnergyMemory or a baseline): ``ebmm_tf.rundir.load_saved_model``."""
-    from ebmm_tf import rundir
-
-    return rundir.load_saved_model(path)
-
-
-def _evaluate_reference(value):
-    """A gin ``@name()`` reference -> the object it builds; ``@name`` -> the callable; anything else unchanged."""
-    import gin
-
-    if isinstance(value, gin.config.ConfigurableReference):
-        return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
-    return value
-
-
 def load_protocol(workdir, gin_params=()) -> Protocol:
     """Parses ``DIR/operative_config.gin`` with ``gin_params`` overrides; returns the evaluation ``Protocol``.
 
     Clears the process' gin configuration before and after.
     """
     import gin
-    from ebmm_tf import rundir, trainer
 
     rundir.register_model_classes()
     config = os.path.join(workdir, "operative_config.gin")
@@ -170,31 +109,18 @@ def load_protocol(workdir, gin_params=()) -> Protocol:
         raise FileNotFoundError(f"{config} not found: is {workdir} a workdir of python -m ebmm_tf.train?")
     gin.clear_config()
     try:
-        trainer.parse_gin([config], list(gin_params))
-
-        def get(name, default=None):
-            try:
-                value = gin.query_parameter(f"Experiment.{name}")
-            except ValueError:  # not bound: the Experiment default
-                return default
-            return _evaluate_reference(value)  # errors of the referenced constructor propagate
-
-        source, num_patterns = get("source"), get("num_patterns")
-        if source is None or num_patterns is None:
-            raise ValueError(f"{config} binds no Experiment.source / Experiment.num_patterns")
-        distortion = get("distortion")
-        if isinstance(distortion, type):
-            distortion = distortion()
+        run_lib.parse_gin([config], list(gin_params))
+        try:
+            run = run_lib.config_from_gin()
+        except ValueError as e:
+            raise ValueError(f"{config}: {e}") from None
+        fields = {f.name: getattr(run.task, f.name) for f in dataclasses.fields(run.task)}
         return Protocol(
-            source=source,
-            num_patterns=int(num_patterns),
-            distortion=distortion,
-            sampler=get("sampler", "uniform"),
-            num_classes=int(get("num_classes", 2)),
-            data_dir=get("data_dir"),
-            train_seed=get("seed", 0),
-            validation_seed=get("validation_seed", 10_007),
-            validation_split=get("validation_split", "validation"),
+            **fields,
+            data_dir=run.data_dir,
+            train_seed=run.seed,
+            validation_seed=run.validation_seed,
+            validation_split=run.validation_split,
         )
     finally:
         gin.clear_config()
@@ -231,22 +157,6 @@ def _hardware():
 
 
 # ====================================================================== the protocol
-def _episodes(protocol: Protocol, split, seed, data_dir, with_indices=False):
-    from ebmm_tf import data as data_lib
-
-    return data_lib.make_episodes(
-        protocol.source,
-        split,
-        protocol.num_patterns,
-        distortion=protocol.distortion,
-        seed=seed,
-        data_dir=data_dir,
-        sampler=protocol.sampler,
-        num_classes=protocol.num_classes,
-        with_indices=with_indices,
-    )
-
-
 def evaluate_model(
     model,
     protocol: Protocol,
@@ -276,7 +186,7 @@ def evaluate_model(
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
     start = time.time()
     data_dir = data_dir or protocol.data_dir
-    ds = _episodes(protocol, split, seed, data_dir).take(int(num_batches))
+    ds = protocol.episodes(split, seed, data_dir).take(int(num_batches))
     probe = diagnostics.MemoryUseProbe(model, protocol.source, protocol.clamps)
     summary, query_summary = metrics_lib.ErrorSummary(), metrics_lib.ErrorSummary()
     sums = []
@@ -398,22 +308,6 @@ def _markdown(r):
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path, text):
-    from ebmm_tf import rundir
-
-    rundir.atomic_write_text(path, text)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def evaluate(
     workdir,
     num_batches=1000,
@@ -436,11 +330,11 @@ def evaluate(
     from ebmm_tf import data as data_lib
 
     start = time.time()
-    workdir = resolve_run_dir(os.path.abspath(workdir))
-    path, kind = find_checkpoint(workdir, checkpoint)
+    workdir = rundir.resolve_run_dir(os.path.abspath(workdir))
+    path, kind = rundir.find_saved_model(workdir, checkpoint)
     protocol = load_protocol(workdir, gin_params)
     _check_seed(protocol, seed, split)
-    model = load_model(path)
+    model = rundir.load_saved_model(path)
     shape = tuple(model.pattern_shape)
     expected = data_lib.pattern_shape(protocol.source)
     if tuple(expected) != shape:
@@ -450,7 +344,7 @@ def evaluate(
         "Evaluating %s (%s, step %s) on %s/%s: N = %d, %s, %d batches, seed %d.",
         path,
         type(model).__name__,
-        checkpoint_step(workdir, kind),
+        rundir.checkpoint_step(workdir, kind),
         protocol.source,
         split,
         protocol.num_patterns,
@@ -475,7 +369,7 @@ def evaluate(
         "workdir": workdir,
         "checkpoint": path,
         "checkpoint_kind": kind,
-        "checkpoint_step": checkpoint_step(workdir, kind),
+        "checkpoint_step": rundir.checkpoint_step(workdir, kind),
         "model": type(model).__name__,
         "model_family": model_family(model),
         "source": protocol.source,
@@ -491,13 +385,21 @@ def evaluate(
         "command": command,
     }
     if figures:
-        record["figures"] = _figures(
-            model, protocol, first, workdir, output_prefix, seed, split, data_dir, figure_batches
+        record["figures"] = eval_figures.write_figures(
+            model,
+            protocol,
+            first,
+            _output_path(workdir, output_prefix, ""),
+            model_family(model),
+            seed=seed,
+            split=split,
+            data_dir=data_dir,
+            figure_batches=figure_batches,
         )
     record["eval_seconds"] = result["wall_seconds"]
     record["wall_seconds"] = time.time() - start  # including model loading and figures
-    _write_text(_output_path(workdir, output_prefix, ".json"), json.dumps(record, indent=2, default=_json_default))
-    _write_text(_output_path(workdir, output_prefix, ".md"), _markdown(record))
+    rundir.atomic_write_json(_output_path(workdir, output_prefix, ".json"), record)
+    rundir.atomic_write_text(_output_path(workdir, output_prefix, ".md"), _markdown(record))
     return record
 
 
@@ -512,110 +414,6 @@ def _distortion_params(distortion):
 
 
 # ====================================================================== figures
-def ood_patterns(source, count, seed=0, data_dir=None):
-    """Out-of-distribution patterns for a model of ``source`` (Figure 6), or None when there are none.
-
-    For the single-channel binary sources (Omniglot, MNIST): CIFAR-10 test images converted to grayscale
-    (``tf.image.rgb_to_grayscale``, 32x32) and binarized at 0.5, ``count`` of them drawn without replacement
-    (with replacement if the split holds fewer).
-    Returns ``(patterns [count, 32, 32, 1] float32, description)`` or None if CIFAR-10 is absent.
-    """
-    import tensorflow as tf
-
-    from ebmm_tf import data as data_lib
-
-    if source == "binary_strings" or not data_lib.is_binary(source):
-        return None
-    try:
-        images, _ = data_lib.load_split("cifar10", "test", data_dir)
-    except data_lib.DatasetNotFoundError as err:
-        logger.warning("No out-of-distribution patterns (CIFAR-10 not found: %s)", str(err).splitlines()[0])
-        return None
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(images.shape[0], size=count, replace=count > images.shape[0])
-    gray = tf.image.rgb_to_grayscale(images[idx]).numpy()
-    return (gray > 0.5).astype(np.float32), "CIFAR-10 test images, grayscale, binarized at 0.5"
-
-
-def energy_levels(model, protocol: Protocol, num_batches=10, seed=EVAL_SEED, split="test", data_dir=None):
-    """Energies for Figure 6 over ``num_batches`` written episodes (needs ``model.energy``).
-
-    Per episode: ``memories`` = the N written patterns; ``non-memories`` = N other ``split`` patterns (the
-    episode of the same index in the stream ``seed + 1``); ``distorted memories`` = the N queries;
-    ``out-of-distribution`` = N binarized grayscale CIFAR-10 images (single-channel binary sources only).
-    All energies are under the episode's written memory. Returns ``({category: float array}, ood description)``.
-    """
-    import tensorflow as tf
-
-    n = protocol.num_patterns
-    stored = iter(_episodes(protocol, split, seed, data_dir).take(num_batches))
-    others = iter(_episodes(protocol, split, seed + 1, data_dir).take(num_batches))
-    ood = ood_patterns(protocol.source, n * num_batches, seed, data_dir)
-
-    @tf.function
-    def energies(patterns, probes):
-        state = model.write(patterns)
-        return {k: model.energy(state, v) for k, v in probes.items()}
-
-    out = {"memories": [], "non-memories": [], "distorted memories": [], "out-of-distribution": []}
-    for b in range(num_batches):
-        ep, other = next(stored), next(others)
-        probes = {"memories": ep["patterns"], "non-memories": other["patterns"], "distorted memories": ep["queries"]}
-        if ood is not None:
-            probes["out-of-distribution"] = tf.constant(ood[0][b * n : (b + 1) * n])
-        for k, v in energies(ep["patterns"], probes).items():
-            out[k].append(v.numpy())
-    out = {k: np.concatenate(v) for k, v in out.items() if v}
-    return out, (ood[1] if ood is not None else None)
-
-
-def _figures(model, protocol, first, workdir, prefix, seed, split, data_dir, figure_batches):
-    import tensorflow as tf
-
-    from ebmm_tf import analysis
-
-    paths = {}
-    has_energy = hasattr(model, "energy")
-    rows = min(4, protocol.num_patterns)
-    patterns, queries = first["patterns"], first["queries"]
-    clamp = first["clamp"] if protocol.clamps else None
-
-    @tf.function
-    def retrieve(patterns, queries, clamp):
-        state = model.write(patterns)
-        iterates = model.read(state, queries, clamp)
-        energies = None
-        if has_energy:
-            energies = tf.stack([model.energy(state, x) for x in [patterns, queries] + list(iterates)])
-        return iterates, energies
-
-    iterates, energies = retrieve(patterns, queries, clamp)
-    iterates = [it.numpy()[:rows] for it in iterates]
-    energies = None if energies is None else energies.numpy()[:, :rows]
-    path = _output_path(workdir, prefix, "_retrieval.png")
-    analysis.retrieval_grid(
-        patterns[:rows],
-        queries[:rows],
-        iterates,
-        energies=energies,
-        data_range=model.data_range,
-        path=path,
-        title=f"{model_family(model)}, {protocol.source} (N = {protocol.num_patterns})",
-    )
-    paths["retrieval"] = path
-    if has_energy:
-        levels, ood_desc = energy_levels(model, protocol, figure_batches, seed, split, data_dir)
-        path = _output_path(workdir, prefix, "_energy.png")
-        stats = analysis.energy_histogram(levels, path, title=f"{model_family(model)}, {protocol.source}")
-        stats["out_of_distribution_source"] = ood_desc
-        stats["num_batches"] = figure_batches
-        json_path = _output_path(workdir, prefix, "_energy.json")
-        _write_text(json_path, json.dumps(stats, indent=2, default=_json_default))
-        paths["energy"] = path
-        paths["energy_json"] = json_path
-    return paths
-
-
 # ====================================================================== CLI
 def _define_flags():
     from absl import flags

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
@@ -27,7 +28,24 @@ __all__ = [
     "WritableDense",
     "WritableConv2D",
     "he_normal",
+    "ResBlock",
+    "inverse_softplus",
+    "logit",
 ]
+
+
+def inverse_softplus(y: float) -> float:
+    """``x`` such that ``softplus(x) = y`` (y > 0): the raw value of a positive learned step size."""
+    if y <= 0:
+        raise ValueError(f"softplus values must be positive, got {y}")
+    return float(y + np.log(-np.expm1(-y)))
+
+
+def logit(p: float) -> float:
+    """``x`` such that ``sigmoid(x) = p`` (0 < p < 1)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"a sigmoid value must be in (0, 1), got {p}")
+    return float(np.log(p) - np.log1p(-p))
 
 
 def _register_xla_dynamic_update_slice_gradient():
@@ -37,7 +55,8 @@ def _register_xla_dynamic_update_slice_gradient():
     writable layers) is an ``XlaDynamicUpdateSlice`` of the incoming gradient into zeros; the meta-gradient
     differentiates it again and fails with "gradient registry has no entry for: XlaDynamicUpdateSlice".
     ``out = input`` with ``update`` written at ``indices``, so ``d input`` is the incoming gradient
-    with that window zeroed and ``d update`` is the window itself. Registered only if TensorFlow has none.
+    with that window zeroed and ``d update`` is the window itself. Registered only if TensorFlow has none
+    (docs/design.md, numerical facts).
     """
     try:
         from tensorflow.compiler.tf2xla.ops import gen_xla_ops
@@ -186,7 +205,7 @@ class LayerNorm(keras.layers.Layer):
     stops the gradient through the mean, so the second- and third-order derivatives that meta-training
     needs (gradient of a gradient of the energy) come out wrong (we measured a 0.25 relative error of
     the meta-gradient). ``tests/test_layers.py`` checks this layer's higher-order gradients against finite
-    differences and documents Keras' error.
+    differences and documents Keras' error (docs/design.md, numerical facts).
     """
 
     def __init__(self, axes=None, epsilon=1e-5, channels=None, **kwargs):
@@ -401,4 +420,43 @@ class WritableConv2D(WritableLayer):
             use_bias=self.use_bias,
             seed=self.seed,
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class ResBlock(keras.layers.Layer):
+    """Static residual block: ``tanh(LN(conv3x3(tanh(LN(conv3x3_s(x))))) + pool_s(conv1x1(x)))``.
+
+    ``x [B, H, W, in_channels] -> [B, ceil(H/s), ceil(W/s), channels]``. The shortcut is average-pooled
+    (3x3, stride s) *before* the 1x1 convolution, which equals pooling after it (both are linear and the
+    pooling weights sum to one) at a fraction of the cost.
+    """
+
+    def __init__(self, in_channels, channels, stride=2, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels, self.channels, self.stride = int(in_channels), int(channels), int(stride)
+        dt = self.dtype_policy
+        self.conv1 = self._first_conv(dt)
+        self.norm1 = LayerNorm(channels=channels, name="norm1", dtype=dt)
+        self.conv2 = Conv(channels, channels, 3, 1, name="conv2", dtype=dt)
+        self.norm2 = LayerNorm(channels=channels, name="norm2", dtype=dt)
+        self.shortcut = Conv(in_channels, channels, 1, 1, name="shortcut", dtype=dt)
+        self.built = True
+
+    def _first_conv(self, dtype):
+        """The 3x3 convolution with the block's stride (a transposed one in ``baselines.networks.UpResBlock``)."""
+        return Conv(self.in_channels, self.channels, 3, self.stride, name="conv1", dtype=dtype)
+
+    def _shortcut_input(self, x):
+        """What the 1x1 shortcut convolution sees: ``x`` resampled to the output's spatial size."""
+        return tf.nn.avg_pool2d(x, 3, self.stride, "SAME") if self.stride > 1 else x
+
+    def call(self, x):
+        y = tf.tanh(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        return tf.tanh(y + self.shortcut(self._shortcut_input(x)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_channels=self.in_channels, channels=self.channels, stride=self.stride)
         return config

@@ -10,44 +10,16 @@ is assigned inside the loops), so they can be differentiated end to end for meta
 from __future__ import annotations
 
 import contextlib
-import math
-from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ebmm_tf.contract import MemoryState, RecallMixin
 from ebmm_tf.energies import EnergyNetwork
+from ebmm_tf.layers import inverse_softplus, logit
 
 __all__ = ["EnergyMemory", "MemoryState", "RecallMixin", "inverse_softplus", "logit"]
-
-
-class MemoryState(NamedTuple):
-    """The writable tensors of one written episode.
-
-    Attributes:
-      weights: ``{memory name: tensor}`` with the shapes of ``energy.memory_spec()`` (no batch axis: one
-        memory holds one episode of N patterns). The same structure is what the exported ``write``
-        signature returns and what ``recall`` / ``energy`` take.
-    """
-
-    weights: dict
-
-    def memory_size(self) -> int:
-        return int(sum(math.prod(w.shape) for w in self.weights.values()))
-
-
-def inverse_softplus(y: float) -> float:
-    """``x`` such that ``softplus(x) = y`` (y > 0)."""
-    if y <= 0:
-        raise ValueError(f"softplus values must be positive, got {y}")
-    return float(y + np.log(-np.expm1(-y)))
-
-
-def logit(p: float) -> float:
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"a sigmoid value must be in (0, 1), got {p}")
-    return float(np.log(p) - np.log1p(-p))
 
 
 _WRITE_TERMS = ("energy", "gradient", "prior")
@@ -62,7 +34,7 @@ def _recomputed(step):
     again under a fresh tape and backpropagates through it; variables read inside ``step`` (the energy's static
     weights) get their gradients through ``variables``. The recomputation takes a data dependency on the
     incoming gradient so that it is neither scheduled early nor merged with the forward pass by common
-    subexpression elimination.
+    subexpression elimination (docs/design.md, numerical facts).
     """
 
     @tf.custom_gradient
@@ -90,59 +62,6 @@ def _recomputed(step):
         return (result if single else outputs), grad
 
     return checkpointed
-
-
-class RecallMixin:
-    """``project``, ``recall``, ``reconstruction_loss`` and ``call``, shared by ``EnergyMemory`` and the learned
-    baselines (``ebmm_tf.baselines.BaselineMemory``), and the input check ``_cast``: all of them need ``write``,
-    ``read``, ``pattern_shape`` and ``data_range``."""
-
-    def _cast(self, x, name):
-        """``x`` as a floating tensor of the compute dtype with shape ``[batch, *pattern_shape]`` (when known).
-
-        Called eagerly (the public API used from Python), it also rejects NaN and Inf values with the
-        ``InvalidArgumentError`` that the exported signatures raise. Inside a ``tf.function`` (the compiled
-        meta-training step, the signatures) nothing is added to the graph: the meta-training loop checks its loss
-        and gradients instead, and the signatures check their inputs themselves.
-        """
-        x = tf.convert_to_tensor(x)
-        if not x.dtype.is_floating:
-            raise TypeError(f"{name} must be a floating tensor, got {x.dtype.name}")
-        expected = tuple(self.pattern_shape)
-        if x.shape.rank is not None and tuple(x.shape[1:]) != expected:
-            raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, expected))}], got {list(x.shape)}")
-        if tf.executing_eagerly():
-            values = x.numpy()
-            if not np.all(np.isfinite(values)):
-                n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-                raise tf.errors.InvalidArgumentError(
-                    None,
-                    None,
-                    f"{type(self).__name__}, input {name}: expected finite values, got {n_nan} NaN and {n_inf} Inf "
-                    "values",
-                )
-        return tf.cast(x, self.compute_dtype)
-
-    def project(self, x):
-        """Clips ``x`` into the data range."""
-        return tf.clip_by_value(x, *self.data_range)
-
-    def recall(self, state, queries, mask=None):
-        """The last read iterate ``x_K``."""
-        return self.read(state, queries, mask)[-1]
-
-    def reconstruction_loss(self, patterns, iterates):
-        """B.4 / eq. (2): ``sum_k mean_i ||x_i - x_i^(k)||^2``; also returns the per-step terms ``[K]``."""
-        x = self._cast(patterns, "patterns")
-        per_step = tf.stack(
-            [tf.reduce_mean(tf.reduce_sum(tf.reshape(tf.square(x - it), [tf.shape(x)[0], -1]), -1)) for it in iterates]
-        )
-        return tf.reduce_sum(per_step), per_step
-
-    def call(self, patterns, queries=None, mask=None):
-        """Keras entry point: writes ``patterns`` and recalls ``queries`` (default: the patterns)."""
-        state = self.write(patterns)
-        return self.recall(state, patterns if queries is None else queries, mask)
 
 
 @keras.saving.register_keras_serializable(package="ebmm_tf")

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 import gin
+from ebmm_tf import contract
 from ebmm_tf.memory import EnergyMemory
 
 __all__ = ["MetaLearner", "meta_loss"]
@@ -100,7 +101,7 @@ class MetaLearner:
         self.variables = list(memory.trainable_variables)
         rate_ids = set()
         if rate_learning_rate is not None:
-            if not hasattr(memory, "rate_variables"):
+            if not isinstance(memory, contract.LearnedRates):
                 raise ValueError(f"rate_learning_rate needs a model with rate_variables(), got {type(memory).__name__}")
             rate_ids = {id(v) for v in memory.rate_variables()}
         self._is_rate = [id(v) in rate_ids for v in self.variables]
@@ -135,8 +136,10 @@ class MetaLearner:
         # XLA: unrolled (nested functions inside a jit_compile function run ~100x slower, docs/performance.md)
         enabled = self.nested_steps and not self.jit_compile
         # baselines (ebmm_tf.baselines) have no write/read step functions to nest
-        nested_steps = getattr(self.memory, "nested_step_functions", None)
-        nested = nested_steps(enabled, self.inline_steps) if nested_steps is not None else contextlib.nullcontext()
+        if isinstance(self.memory, contract.NestedSteps):
+            nested = self.memory.nested_step_functions(enabled, self.inline_steps)
+        else:
+            nested = contextlib.nullcontext()
         with nested, tf.GradientTape() as tape:
             loss, aux = meta_loss(self.memory, episode, self.first_order)
         grads = tape.gradient(loss, self.variables)

@@ -18,9 +18,92 @@ from __future__ import annotations
 import os
 import tempfile
 
-__all__ = ["MODEL_FILE", "atomic_write_text", "atomic_save_keras", "find_saved_model", "load_saved_model"]
+__all__ = [
+    "MODEL_FILE",
+    "RunDir",
+    "atomic_save_keras",
+    "atomic_write_json",
+    "atomic_write_text",
+    "checkpoint_step",
+    "find_saved_model",
+    "load_saved_model",
+    "resolve_run_dir",
+]
 
 MODEL_FILE = "memory.keras"
+CONFIG_FILE = "operative_config.gin"
+
+
+class RunDir:
+    """The paths of one training run's directory (see the module docstring for what each holds)."""
+
+    def __init__(self, workdir):
+        self.path = os.path.abspath(str(workdir))
+
+    def __repr__(self):
+        return f"RunDir({self.path!r})"
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.path, CONFIG_FILE)
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.path, "checkpoints")
+
+    def scratch(self, task_id) -> str:
+        """Where a non-chief worker of a multi-worker run writes its (discarded) checkpoints."""
+        return os.path.join(self.path, "scratch", f"worker_{task_id}")
+
+    @property
+    def best_model(self) -> str:
+        return os.path.join(self.path, "best", MODEL_FILE)
+
+    @property
+    def best_metrics(self) -> str:
+        return os.path.join(self.path, "best", "metrics.json")
+
+    @property
+    def latest_model(self) -> str:
+        return os.path.join(self.path, "latest", MODEL_FILE)
+
+    @property
+    def metrics_log(self) -> str:
+        return os.path.join(self.path, "metrics.jsonl")
+
+    def summaries(self, name) -> str:
+        """TensorBoard folder ``tb/<name>`` (``train``, ``validation``)."""
+        return os.path.join(self.path, "tb", name)
+
+    def find_model(self, which="auto"):
+        return find_saved_model(self.path, which)
+
+
+def resolve_run_dir(workdir):
+    """The directory holding a run's ``operative_config.gin``: ``workdir`` itself, or for a SavedModel export
+    made from a workdir (``python -m ebmm_tf.export --workdir=...``), its ``assets.extra/`` folder."""
+    extra = os.path.join(workdir, "assets.extra")
+    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)) and os.path.exists(os.path.join(extra, CONFIG_FILE)):
+        return extra
+    return workdir
+
+
+def checkpoint_step(workdir, kind):
+    """Training step of a run's saved model of ``kind`` (``find_saved_model``): ``best/metrics.json``'s
+    ``step`` (an export's ``train_metrics.json``), else the number of the last checkpoint; None if unknown."""
+    import json
+
+    if kind in ("best", "export"):
+        path = RunDir(workdir).best_metrics if kind == "best" else os.path.join(workdir, "train_metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return int(json.load(f)["step"])
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(RunDir(workdir).checkpoints)
+    if latest and latest.rsplit("-", 1)[-1].isdigit():
+        return int(latest.rsplit("-", 1)[-1])
+    return None
 
 
 def atomic_write_text(path, text) -> None:
@@ -31,6 +114,26 @@ def atomic_write_text(path, text) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _json_default(o):
+    """JSON for numpy scalars and arrays (anything else: its ``str``)."""
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def atomic_write_json(path, obj) -> None:
+    """``obj`` as indented JSON (numpy values converted) to ``path``, atomically."""
+    import json
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
 
 
 def atomic_save_keras(model, path) -> None:

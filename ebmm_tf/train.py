@@ -51,9 +51,10 @@ def main(argv):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices
         )
+    from ebmm_tf import run as run_lib
     from ebmm_tf import trainer
 
-    trainer.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    run_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     workdir = FLAGS.workdir or os.path.join("runs", os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0])
     bindings = {"workdir": workdir}
     if FLAGS.data_dir:

@@ -36,44 +36,26 @@ import tensorflow as tf
 
 import gin
 from ebmm_tf import (
-    configurables,
+    configurables,  # noqa: F401  (registers the Keras classes with gin)
     diagnostics,
     distortions,  # noqa: F401  (registers the distortions with gin)
     rundir,
 )
 from ebmm_tf import data as data_lib
 from ebmm_tf import metrics as metrics_lib
-from ebmm_tf.baselines import autoencoder, memnet, recurrent  # noqa: F401  (Keras classes a warm start may load)
-from ebmm_tf.energies import EnergyNetwork
+from ebmm_tf import run as run_lib
 from ebmm_tf.memory import EnergyMemory
 from ebmm_tf.meta import MetaLearner
 
 logger = logging.getLogger("ebmm_tf.train")
 
-__all__ = ["Experiment", "make_strategy", "parse_gin", "error_metric", "summary_text"]
+__all__ = ["Experiment", "summary_text"]
 
-# the error of each source: ebmm_tf.metrics (kept here under their old names)
+# Names kept for code written against earlier versions; the owners are ebmm_tf.metrics and ebmm_tf.run.
 error_metric = metrics_lib.error_metric
 per_pattern_error = metrics_lib.per_pattern_error
-
-
-def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
-    """``auto``: MultiWorkerMirrored if ``TF_CONFIG`` names several workers, Mirrored on several GPUs (or
-    several logical CPU devices when ``kind == "mirrored"``), else the default strategy."""
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-    if kind == "multi_worker" or (kind == "auto" and workers > 1):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "mirrored":
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
-            d.name for d in tf.config.list_logical_devices("CPU")
-        ]
-        return tf.distribute.MirroredStrategy(devices)
-    if kind == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    if kind not in ("auto", "default"):
-        raise ValueError(f"strategy must be auto, default, mirrored or multi_worker; got {kind!r}")
-    return tf.distribute.get_strategy()
+parse_gin = run_lib.parse_gin
+make_strategy = run_lib.make_strategy
 
 
 @gin.configurable(module="ebmm_tf.train")
@@ -145,14 +127,14 @@ class Experiment:
         num_patterns=gin.REQUIRED,
         distortion=None,
         num_steps=1000,
-        seed=0,
-        data_dir=None,
-        sampler="uniform",
-        num_classes=2,
-        validation_split="validation",
+        seed=run_lib.DEFAULTS["seed"],
+        data_dir=run_lib.DEFAULTS["data_dir"],
+        sampler=run_lib.DEFAULTS["sampler"],
+        num_classes=run_lib.DEFAULTS["num_classes"],
+        validation_split=run_lib.DEFAULTS["validation_split"],
         validation_episodes=20,
         validation_every=250,
-        validation_seed=10_007,
+        validation_seed=run_lib.DEFAULTS["validation_seed"],
         checkpoint_every=250,
         checkpoint_secs=300.0,
         keep_checkpoints=3,
@@ -180,8 +162,7 @@ class Experiment:
     ):
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-        if source not in data_lib.SOURCES:
-            raise ValueError(f"Unknown source {source!r}; expected one of {data_lib.SOURCES}")
+        self.task = run_lib.Task(source, int(num_patterns), distortion, sampler, num_classes)
         self.workdir = os.path.abspath(workdir)
         self.source, self.num_patterns, self.distortion = source, int(num_patterns), distortion
         self.curriculum = [int(n) for n in curriculum or ()] + [self.num_patterns]
@@ -204,7 +185,6 @@ class Experiment:
             raise ValueError(f"select_by must be 'error' or 'memory_gain', got {select_by!r}")
         self.select_by = select_by
         self.num_steps, self.seed, self.data_dir = int(num_steps), int(seed), data_dir
-        self.sampler, self.num_classes = sampler, num_classes
         self.validation_split, self.validation_episodes = validation_split, int(validation_episodes)
         if validation_split not in data_lib.SPLITS or validation_split == "train_minus_validation":
             raise ValueError(f"validation_split must be 'validation', 'test' or 'train', got {validation_split!r}")
@@ -213,7 +193,7 @@ class Experiment:
         self.checkpoint_every, self.checkpoint_secs = int(checkpoint_every), float(checkpoint_secs)
         self.log_every, self.summary_every, self.image_every = int(log_every), int(summary_every), int(image_every)
         self.progress = progress
-        self.clamps = bool(getattr(distortion, "clamps", False))
+        self.clamps = self.task.clamps
         if deterministic:
             tf.config.experimental.enable_op_determinism()
             if tf.config.threading.get_inter_op_parallelism_threads() != 1:
@@ -223,41 +203,42 @@ class Experiment:
                 )
         keras.utils.set_random_seed(self.seed)
 
-        # ------------------------------------------------------------------ strategy, model, optimiser
-        self.strategy = make_strategy(strategy)
+        self._build_model(strategy, energy, model)
+        self._restore(keep_checkpoints, init_from, init_write_rate_scale)
+        self._prepare_data(balance_write_rates)
+        self._open_writers()
+
+    # ---------------------------------------------------------------------- the phases of __init__
+    def _build_model(self, strategy, energy, model):
+        """Strategy, memory (``ebmm_tf.run.build_memory``) and meta-learner."""
+        self.strategy = run_lib.make_strategy(strategy)
         self.num_replicas = self.strategy.num_replicas_in_sync
-        resolver = getattr(self.strategy, "cluster_resolver", None)
+        self._resolver = getattr(self.strategy, "cluster_resolver", None)
+        resolver = self._resolver
         self.is_chief = (
             resolver is None
             or resolver.task_type in (None, "chief")
             or (resolver.task_type == "worker" and resolver.task_id == 0)
         )
-        pattern_shape = data_lib.pattern_shape(source)
-        if energy is None and model is None:
-            raise ValueError("Experiment.energy is required (or Experiment.model for a model without energy)")
         with self.strategy.scope():
-            net = None if energy is None else energy(pattern_shape=pattern_shape)
-            if net is not None and not isinstance(net, EnergyNetwork):
-                raise TypeError(f"energy must build an EnergyNetwork, got {type(net).__name__}")
-            if model is None:
-                self.memory = configurables.EnergyMemory(net, data_range=data_lib.data_range(source))
-            else:
-                self.memory = model(net, pattern_shape=pattern_shape, data_range=data_lib.data_range(source))
+            self.memory = run_lib.build_memory(self.task, energy, model)
             self.learner = MetaLearner(self.memory, strategy=self.strategy)
-        self.pattern_shape = tuple(pattern_shape)
+        self.pattern_shape = self.task.pattern_shape
         logger.info(
             "%s on %s: memory size %d floats, %d trainable variables, %d replica(s).",
-            self.memory.name if net is None else net.name,
-            source,
+            self.memory.energy_net.name if isinstance(self.memory, EnergyMemory) else self.memory.name,
+            self.source,
             self.memory.memory_size(),
             len(self.memory.trainable_variables),
             self.num_replicas,
         )
 
-        # ------------------------------------------------------------------ checkpoints
-        ckpt_dir = os.path.join(self.workdir, "checkpoints")
+    def _restore(self, keep_checkpoints, init_from, init_write_rate_scale):
+        """Checkpoint manager; resumes from the last checkpoint, else warm-starts from ``init_from`` if given."""
+        self.run_dir = rundir.RunDir(self.workdir)
+        ckpt_dir = self.run_dir.checkpoints
         if not self.is_chief:  # every worker must save; non-chief workers write to a scratch directory
-            ckpt_dir = os.path.join(self.workdir, "scratch", f"worker_{resolver.task_id}")
+            ckpt_dir = self.run_dir.scratch(self._resolver.task_id)
         # curriculum state: stage index, step at which the stage began, validations in a row that passed
         self.stage = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_stage")
         self.stage_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_stage_start")
@@ -290,7 +271,8 @@ class Experiment:
                 self.current_num_patterns,
             )
 
-        # ------------------------------------------------------------------ data
+    def _prepare_data(self, balance_write_rates):
+        """Training and validation streams from the restored step; the balanced write rates of a new run."""
         self._make_data(self.restored_step)
         if balance_write_rates is not None and self.restored_step == 0:
             if not isinstance(self.memory, EnergyMemory):
@@ -299,12 +281,15 @@ class Experiment:
             first = next(iter(self._episodes(self.train_split, self.seed, 0)))
             rates = self.memory.balance_write_rates(first["patterns"], energy_fraction, gradient_fraction)
             logger.info("Balanced write rates (energy, gradient) per layer: %s", np.round(rates, 6).tolist())
-        self._probe = diagnostics.MemoryUseProbe(self.memory, source, self.clamps)
+        self._probe = diagnostics.MemoryUseProbe(self.memory, self.source, self.clamps)
         self.best = self._read_best()
+
+    def _open_writers(self):
+        """The operative config and the TensorBoard writers (chief only)."""
         if self.is_chief:
-            rundir.atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
-            self.train_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb", "train"))
-            self.valid_writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb", "validation"))
+            rundir.atomic_write_text(self.run_dir.config, gin.operative_config_str())
+            self.train_writer = tf.summary.create_file_writer(self.run_dir.summaries("train"))
+            self.valid_writer = tf.summary.create_file_writer(self.run_dir.summaries("validation"))
         else:
             self.train_writer = self.valid_writer = tf.summary.create_noop_writer()
 
@@ -350,17 +335,7 @@ class Experiment:
     def _episodes(self, split, seed, start=0, mix=False):
         """Episodes of ``split`` at the current N; ``mix``: with the random-image episodes (training only)."""
         num_patterns = self.current_num_patterns
-        ds = data_lib.make_episodes(
-            self.source,
-            split,
-            num_patterns,
-            distortion=self.distortion,
-            seed=seed,
-            data_dir=self.data_dir,
-            sampler=self.sampler,
-            num_classes=self.num_classes,
-            start=start,
-        )
+        ds = self.task.with_num_patterns(num_patterns).episodes(split, seed, self.data_dir, start=start)
         keys = ("patterns", "queries", "clamp") if self.clamps else ("patterns", "queries")
         if mix and (self.mix_random_images > 0 or self.mix_warmup_steps > 0):
             frac, warmup = self.mix_random_images, self.mix_warmup_steps
@@ -405,7 +380,7 @@ class Experiment:
         use = self._probe.run(self.validation_data, collect)
         result = summary.result()
         result["query_mean"] = query_summary.result()["mean"]
-        result["metric"] = error_metric(self.source)
+        result["metric"] = self.task.metric
         result["step"] = int(step)
         result["N"] = self.current_num_patterns
         result.update(use)
@@ -439,7 +414,7 @@ class Experiment:
 
     # ====================================================================== bookkeeping
     def _read_best(self):
-        path = os.path.join(self.workdir, "best", "metrics.json")
+        path = self.run_dir.best_metrics
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
@@ -459,19 +434,17 @@ class Experiment:
         )
         if better:
             self.best = {"step": step, **result}
-            rundir.atomic_save_keras(self.memory, os.path.join(self.workdir, "best", "memory.keras"))
-            rundir.atomic_write_text(
-                os.path.join(self.workdir, "best", "metrics.json"), json.dumps(self.best, indent=2)
-            )
+            rundir.atomic_save_keras(self.memory, self.run_dir.best_model)
+            rundir.atomic_write_text(self.run_dir.best_metrics, json.dumps(self.best, indent=2))
 
     def _log_metrics(self, record):
         if self.is_chief:
-            with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+            with open(self.run_dir.metrics_log, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def _truncate_metrics_log(self):
         """After a resume, drop log lines of steps that the restored checkpoint does not include."""
-        path = os.path.join(self.workdir, "metrics.jsonl")
+        path = self.run_dir.metrics_log
         if not self.is_chief or not os.path.exists(path):
             return
         with open(path) as f:
@@ -534,20 +507,15 @@ class Experiment:
 
     # ====================================================================== loop
     def run(self):
-        """Meta-trains up to ``num_steps``; returns a summary dict (first/last validation, best, wall time)."""
+        """Meta-trains up to ``num_steps``; returns a summary dict (first/last validation, best, wall time).
+
+        Phases: resume (``restored_step``), then per step ``_train_one_step``, ``_write_summaries``,
+        ``_validate_and_select`` and ``_maybe_checkpoint``; ``_finish`` saves what a stopped run keeps.
+        """
         self._truncate_metrics_log()
         step = self.restored_step
         start_time = time.time()
-        first_validation = None
-        if step == 0 and self.validation_every:
-            first_validation = self.validate(0)
-            self._log_metrics({"step": 0, "validation": first_validation})
-            logger.info(
-                "step 0: validation %s error %.3f (query %.3f)",
-                first_validation["metric"],
-                first_validation["mean"],
-                first_validation["query_mean"],
-            )
+        first_validation = self._validate_and_select(0, select=False) if step == 0 and self.validation_every else None
         last_validation = first_validation
         stop_signal = []
 
@@ -555,85 +523,21 @@ class Experiment:
             stop_signal.append(signum)
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = None
-        if self.progress and self.is_chief:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=self.num_steps,
-                initial=step,
-                unit="step",
-                dynamic_ncols=True,
-                mininterval=2.0,
-                desc="meta-training",
-                file=sys.stderr,
-            )
-        last_ckpt_time, last_ckpt_step = time.time(), step
+        bar = self._progress_bar(step)
+        self._last_ckpt = (time.time(), step)
         try:
             while step < self.num_steps and not stop_signal:
-                episodes = next(self.train_data)
-                try:
-                    m = self.learner.train_step(episodes)
-                except FloatingPointError as err:
-                    raise FloatingPointError(
-                        f"{err} Training stopped at step {step + 1}; the last good checkpoint is "
-                        f"{self.manager.latest_checkpoint} (nothing after it was saved)."
-                    ) from None
-                step += 1
-                loss = float(m["loss"])
-                record = {
-                    "step": step,
-                    "loss": loss,
-                    "grad_norm": float(m["grad_norm"]),
-                    "per_step": [float(v) for v in m["per_step"].numpy()],
-                }
-                self._log_metrics(record)
-                if self.summary_every and step % self.summary_every == 0:
-                    with self.train_writer.as_default(step=step):
-                        tf.summary.scalar("meta_loss/total", loss)
-                        for k, v in enumerate(record["per_step"]):
-                            tf.summary.scalar(f"meta_loss/read_step_{k + 1}", v)
-                        tf.summary.scalar("grad_norm", record["grad_norm"])
-                        if isinstance(self.memory, EnergyMemory):
-                            self._rate_summaries()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                if self.log_every and step % self.log_every == 0:
-                    logger.info("step %d: meta-loss %.4f, grad norm %.3f", step, loss, record["grad_norm"])
+                step, record = self._train_one_step(step)
+                self._write_summaries(step, record, bar)
                 if self.validation_every and (step % self.validation_every == 0 or step == self.num_steps):
-                    last_validation = self.validate(step)
-                    self._log_metrics({"step": step, "validation": last_validation})
-                    self._maybe_save_best(step, last_validation)
-                    logger.info(
-                        "step %d: validation %s error %.3f [p5 %.3f, p95 %.3f] (query %.3f, N = %d); %s",
-                        step,
-                        last_validation["metric"],
-                        last_validation["mean"],
-                        last_validation["p5"],
-                        last_validation["p95"],
-                        last_validation["query_mean"],
-                        last_validation["N"],
-                        diagnostics.describe(last_validation, last_validation["metric"]),
-                    )
-                    self._maybe_advance(step, last_validation)
-                if step % self.checkpoint_every == 0 or time.time() - last_ckpt_time > self.checkpoint_secs:
-                    self.save_checkpoint()
-                    last_ckpt_time, last_ckpt_step = time.time(), step
+                    last_validation = self._validate_and_select(step)
+                self._maybe_checkpoint(step)
         finally:
             if bar is not None:
                 bar.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        if step != last_ckpt_step:
-            self.save_checkpoint()
-        if not self.is_chief:  # non-chief workers saved only so that the collective save could proceed
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
-        if self.is_chief:
-            rundir.atomic_save_keras(self.memory, os.path.join(self.workdir, "latest", "memory.keras"))
-            rundir.atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
-        self.train_writer.flush()
-        self.valid_writer.flush()
+        self._finish(step)
         if stop_signal:
             logger.warning("Stopped by signal %d at step %d; checkpoint saved, rerun to resume.", stop_signal[0], step)
         return {
@@ -645,41 +549,105 @@ class Experiment:
             "interrupted": bool(stop_signal),
         }
 
+    # ---------------------------------------------------------------------- the phases of run()
+    def _progress_bar(self, step):
+        if not (self.progress and self.is_chief):
+            return None
+        from tqdm.auto import tqdm
 
-_SEARCH_PATHS = set()
+        return tqdm(
+            total=self.num_steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=2.0,
+            desc="meta-training",
+            file=sys.stderr,
+        )
 
+    def _train_one_step(self, step):
+        """One meta-step on the next episodes; returns ``(step + 1, record)`` (record logged to metrics.jsonl)."""
+        episodes = next(self.train_data)
+        try:
+            m = self.learner.train_step(episodes)
+        except FloatingPointError as err:
+            raise FloatingPointError(
+                f"{err} Training stopped at step {step + 1}; the last good checkpoint is "
+                f"{self.manager.latest_checkpoint} (nothing after it was saved)."
+            ) from None
+        step += 1
+        record = {
+            "step": step,
+            "loss": float(m["loss"]),
+            "grad_norm": float(m["grad_norm"]),
+            "per_step": [float(v) for v in m["per_step"].numpy()],
+        }
+        self._log_metrics(record)
+        return step, record
 
-class _GinProbeFilter(logging.Filter):
-    """gin logs an ERROR for every search-path candidate of an `include` that does not exist; those probes are
-    expected (the include then resolves against gin/), so they are dropped."""
+    def _write_summaries(self, step, record, bar):
+        """TensorBoard scalars every ``summary_every`` steps, the progress bar, a log line every ``log_every``."""
+        loss = record["loss"]
+        if self.summary_every and step % self.summary_every == 0:
+            with self.train_writer.as_default(step=step):
+                tf.summary.scalar("meta_loss/total", loss)
+                for k, v in enumerate(record["per_step"]):
+                    tf.summary.scalar(f"meta_loss/read_step_{k + 1}", v)
+                tf.summary.scalar("grad_norm", record["grad_norm"])
+                if isinstance(self.memory, EnergyMemory):
+                    self._rate_summaries()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if self.log_every and step % self.log_every == 0:
+            logger.info("step %d: meta-loss %.4f, grad norm %.3f", step, loss, record["grad_norm"])
 
-    def filter(self, record):
-        return not (record.levelno == logging.ERROR and str(record.msg).startswith("Path not found"))
+    def _validate_and_select(self, step, select=True):
+        """Validates, logs the result; with ``select`` keeps the best model and moves the curriculum on."""
+        result = self.validate(step)
+        self._log_metrics({"step": step, "validation": result})
+        if not select:
+            logger.info(
+                "step %d: validation %s error %.3f (query %.3f)",
+                step,
+                result["metric"],
+                result["mean"],
+                result["query_mean"],
+            )
+            return result
+        self._maybe_save_best(step, result)
+        logger.info(
+            "step %d: validation %s error %.3f [p5 %.3f, p95 %.3f] (query %.3f, N = %d); %s",
+            step,
+            result["metric"],
+            result["mean"],
+            result["p5"],
+            result["p95"],
+            result["query_mean"],
+            result["N"],
+            diagnostics.describe(result, result["metric"]),
+        )
+        self._maybe_advance(step, result)
+        return result
 
+    def _maybe_checkpoint(self, step):
+        """A checkpoint every ``checkpoint_every`` steps or ``checkpoint_secs`` seconds."""
+        last_time, _ = self._last_ckpt
+        if step % self.checkpoint_every == 0 or time.time() - last_time > self.checkpoint_secs:
+            self.save_checkpoint()
+            self._last_ckpt = (time.time(), step)
 
-def parse_gin(gin_files, gin_params, skip_unknown=False):
-    """Parses gin files and bindings; ``skip_unknown=False`` makes a misspelt binding fail right away."""
-    for f in gin_files or []:
-        if not os.path.exists(f):
-            raise FileNotFoundError(f"gin file not found: {f}")
-        # `include 'base/x.gin'` resolves against the nearest ancestor folder that holds base/ (gin/)
-        root = os.path.dirname(os.path.abspath(f))
-        while not os.path.isdir(os.path.join(root, "base")) and os.path.dirname(root) != root:
-            root = os.path.dirname(root)
-        if root not in _SEARCH_PATHS:
-            gin.add_config_file_search_path(root)
-            _SEARCH_PATHS.add(root)
-    root_logger = logging.getLogger()
-    probe_filter = _GinProbeFilter()
-    root_logger.addFilter(probe_filter)
-    for handler in root_logger.handlers:
-        handler.addFilter(probe_filter)
-    try:
-        gin.parse_config_files_and_bindings(gin_files, gin_params, skip_unknown=skip_unknown)
-    finally:
-        root_logger.removeFilter(probe_filter)
-        for handler in root_logger.handlers:
-            handler.removeFilter(probe_filter)
+    def _finish(self, step):
+        """Last checkpoint, the latest model and config, flushed summaries (after a signal too)."""
+        if step != self._last_ckpt[1]:
+            self.save_checkpoint()
+        if not self.is_chief:  # non-chief workers saved only so that the collective save could proceed
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+        if self.is_chief:
+            rundir.atomic_save_keras(self.memory, self.run_dir.latest_model)
+            rundir.atomic_write_text(self.run_dir.config, gin.operative_config_str())
+        self.train_writer.flush()
+        self.valid_writer.flush()
 
 
 def summary_text(result, workdir):

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import gin
 from ebmm_tf import evaluate, trainer
+from ebmm_tf import run as run_lib
 from ebmm_tf.baselines.autoencoder import DenoisingAutoEncoder, denoising_autoencoder
 from ebmm_tf.baselines.memnet import MemoryNetwork, memory_network
 from ebmm_tf.baselines.networks import ConvAutoEncoder, DenseAutoEncoder
@@ -168,7 +169,7 @@ def test_every_baseline_gin_file_parses_strictly_and_builds(path, tmp_path):
     header = open(path).read().split("\n\n")[0]
     for field in ("Reproduces:", "Command:", "Expect:", "Budget:") if "smoke" not in path else ():
         assert field in header, f"{path}: the header must state '{field}'"
-    trainer.parse_gin([path], ["Experiment.validation_episodes = 1", "Experiment.progress = False"])
+    run_lib.parse_gin([path], ["Experiment.validation_episodes = 1", "Experiment.progress = False"])
     exp = trainer.Experiment(workdir=str(tmp_path), data_dir=DATA_DIR)
     assert isinstance(exp.memory, (DenoisingAutoEncoder, MemoryNetwork, SequentialBaseline))
     if isinstance(exp.memory, SequentialBaseline):  # Table 1's recurrent baselines: within its budget
@@ -184,14 +185,14 @@ def test_every_baseline_gin_file_parses_strictly_and_builds(path, tmp_path):
 
 
 def test_experiment_needs_an_energy_or_a_model(tmp_path):
-    trainer.parse_gin([os.path.join(ROOT, "gin", "smoke", "binary_strings.gin")], ["Experiment.energy = None"])
+    run_lib.parse_gin([os.path.join(ROOT, "gin", "smoke", "binary_strings.gin")], ["Experiment.energy = None"])
     with pytest.raises(ValueError, match="Experiment.energy is required"):
         trainer.Experiment(workdir=str(tmp_path))
 
 
 def test_smoke_memory_network_trains_and_evaluates_into_eval_json(tmp_path):
     workdir = str(tmp_path / "memnet")
-    trainer.parse_gin([os.path.join(ROOT, "gin", "baselines", "smoke_binary_strings_memnet.gin")], [])
+    run_lib.parse_gin([os.path.join(ROOT, "gin", "baselines", "smoke_binary_strings_memnet.gin")], [])
     result = trainer.Experiment(workdir=workdir).run()
     assert result["step"] == 12 and result["best"] is not None
     r = evaluate.evaluate(workdir, num_batches=3, progress=False, figures=True)

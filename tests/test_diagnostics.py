@@ -14,6 +14,7 @@ from _tiny import OneLayerEnergy, tiny_conv
 import ebmm_tf
 import gin
 from ebmm_tf import data, diagnostics, trainer
+from ebmm_tf import run as run_lib
 from ebmm_tf.memory import MemoryState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,7 +189,7 @@ def test_validation_split_is_a_fixed_disjoint_part_of_the_training_split():
 # ---------------------------------------------------------------------------------------------------- trainer
 def _experiment(tmp_path, *params):
     gin.clear_config()
-    trainer.parse_gin([SMOKE], ["Experiment.validation_episodes = 3", *params])
+    run_lib.parse_gin([SMOKE], ["Experiment.validation_episodes = 3", *params])
     return trainer.Experiment(workdir=str(tmp_path))
 
 
@@ -239,7 +240,7 @@ def test_curriculum_step_limit_and_bad_values(tmp_path):
 
 def test_random_image_episodes_warm_up_then_mix(tmp_path):
     gin.clear_config()
-    trainer.parse_gin(
+    run_lib.parse_gin(
         [os.path.join(ROOT, "gin", "smoke", "omniglot_conv.gin")],
         [
             'Experiment.source = "sklearn_digits"',

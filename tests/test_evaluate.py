@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 import gin
-from ebmm_tf import analysis, evaluate
+from ebmm_tf import analysis, evaluate, rundir
 from ebmm_tf import data as data_lib
 from ebmm_tf.distortions import BinaryStringProtocol, BlockNoise
 from ebmm_tf.memory import MemoryState
@@ -364,7 +364,7 @@ def test_evaluating_an_export_equals_evaluating_its_workdir(runs, tmp_path):
     assert os.path.exists(os.path.join(extra, "eval.json"))
     with pytest.raises(FileNotFoundError, match="extra file"):
         ebmm_export.export_memory(
-            evaluate.load_model(os.path.join(extra, "memory.keras")),
+            rundir.load_saved_model(os.path.join(extra, "memory.keras")),
             str(tmp_path / "other" / "1"),
             extra_files={"notes.txt": str(tmp_path / "missing.txt")},
         )

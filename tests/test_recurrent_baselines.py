@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import gin
+from ebmm_tf import run as run_lib
 from ebmm_tf import trainer
 from ebmm_tf.baselines.recurrent import MANN, DifferentiablePlasticity, LSTMMemory
 from ebmm_tf.meta import MetaLearner, meta_loss
@@ -214,7 +215,7 @@ def test_the_gin_files_exist():
 
 @pytest.mark.parametrize("path", GIN, ids=[os.path.basename(p) for p in GIN])
 def test_gin_files_build_the_model_within_the_table1_budget(path, tmp_path):
-    trainer.parse_gin([path], ["Experiment.num_steps = 0", "Experiment.validation_every = 0"])
+    run_lib.parse_gin([path], ["Experiment.num_steps = 0", "Experiment.validation_every = 0"])
     exp = trainer.Experiment(workdir=str(tmp_path))
     assert exp.memory.memory_size() <= 8256, exp.memory.memory_size()
     assert exp.memory.pattern_shape == (128,)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import gin
+from ebmm_tf import run as run_lib
 from ebmm_tf import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def test_every_gin_file_parses_strictly_and_builds_model_and_data(path, tmp_path
         header = f.read().split("\n\n")[0]
     for field in ("Reproduces:", "Command:", "Expect:", "Budget:") if "smoke" not in path else ():
         assert field in header, f"{path}: the header must state '{field}'"
-    trainer.parse_gin([path], ["Experiment.validation_episodes = 1", "Experiment.progress = False"])
+    run_lib.parse_gin([path], ["Experiment.validation_episodes = 1", "Experiment.progress = False"])
     exp = trainer.Experiment(workdir=str(tmp_path), data_dir=DATA_DIR)
     assert exp.memory.memory_size() > 0
     episode = next(exp.train_data)
@@ -55,17 +56,17 @@ def test_every_gin_file_parses_strictly_and_builds_model_and_data(path, tmp_path
 
 def test_unknown_or_misspelt_bindings_fail_before_any_work():
     with pytest.raises(ValueError, match="num_stepz"):
-        trainer.parse_gin([SMOKE], ["Experiment.num_stepz = 3"])
+        run_lib.parse_gin([SMOKE], ["Experiment.num_stepz = 3"])
     gin.clear_config()
     with pytest.raises(ValueError, match="hiden_size"):
-        trainer.parse_gin([SMOKE], ["GatedRNNEnergy.hiden_size = 3"])
+        run_lib.parse_gin([SMOKE], ["GatedRNNEnergy.hiden_size = 3"])
     gin.clear_config()
     with pytest.raises(FileNotFoundError, match="no_such.gin"):
-        trainer.parse_gin(["gin/no_such.gin"], [])
+        run_lib.parse_gin(["gin/no_such.gin"], [])
 
 
 def test_bindings_land_where_they_should(tmp_path):
-    trainer.parse_gin(
+    run_lib.parse_gin(
         [os.path.join(ROOT, "gin", "binary_strings_cpu.gin")],
         ["Experiment.num_patterns = 32", "EnergyMemory.read_steps = 3", "Experiment.validation_episodes = 1"],
     )
@@ -156,7 +157,7 @@ def test_sigkill_mid_run_then_restart_resumes_with_identical_losses(tmp_path):
 
 
 def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    trainer.parse_gin([SMOKE], ["Experiment.checkpoint_every = 2", "Experiment.validation_every = 0"])
+    run_lib.parse_gin([SMOKE], ["Experiment.checkpoint_every = 2", "Experiment.validation_every = 0"])
     exp = trainer.Experiment(workdir=str(tmp_path))
     original = exp.learner.compute_gradients
 

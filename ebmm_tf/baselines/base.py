@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from ebmm_tf.memory import RecallMixin
+from ebmm_tf.contract import RecallMixin
 
 __all__ = ["BaselineMemory", "RangeOutputs", "check_data_range"]
 
@@ -52,7 +52,7 @@ class RangeOutputs:
 
 class BaselineMemory(RangeOutputs, RecallMixin, keras.Model):
     """Base class of the learned baselines over a shared encoder/decoder ``network`` (``project``, ``recall``,
-    ``reconstruction_loss`` and ``call`` come from ``ebmm_tf.memory.RecallMixin``).
+    ``reconstruction_loss`` and ``call`` come from ``ebmm_tf.contract.RecallMixin``).
 
     Args:
       network: a ``ConvAutoEncoder`` or ``DenseAutoEncoder`` (``ebmm_tf.baselines.networks``).

@@ -29,8 +29,8 @@ import tensorflow as tf
 import gin
 from ebmm_tf.baselines import networks  # noqa: F401  (registers @ConvAutoEncoder / @DenseAutoEncoder with gin)
 from ebmm_tf.baselines.base import BaselineMemory
-from ebmm_tf.layers import Linear
-from ebmm_tf.memory import MemoryState, inverse_softplus
+from ebmm_tf.contract import MemoryState
+from ebmm_tf.layers import Linear, inverse_softplus
 
 __all__ = ["MemoryNetwork", "memory_network"]
 

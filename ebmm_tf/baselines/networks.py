@@ -27,8 +27,7 @@ import keras
 import tensorflow as tf
 
 import gin
-from ebmm_tf.energies import ResBlock
-from ebmm_tf.layers import Conv, LayerNorm, Linear
+from ebmm_tf.layers import Conv, LayerNorm, Linear, ResBlock
 
 __all__ = ["ConvAutoEncoder", "ConvTranspose", "DenseAutoEncoder", "UpResBlock", "gin_factory"]
 

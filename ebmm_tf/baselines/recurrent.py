@@ -44,8 +44,8 @@ import tensorflow as tf
 
 import gin
 from ebmm_tf.baselines.base import RangeOutputs, check_data_range
+from ebmm_tf.contract import MemoryState, RecallMixin
 from ebmm_tf.layers import Linear
-from ebmm_tf.memory import MemoryState, RecallMixin
 
 __all__ = ["LSTMMemory", "MANN", "DifferentiablePlasticity", "lstm_memory", "mann", "differentiable_plasticity"]
 

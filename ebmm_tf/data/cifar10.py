@@ -116,18 +116,15 @@ def _make(arrays, split, origin) -> common.RawSplit:
     if split == "test" and n != OFFICIAL_TEST_SIZE:
         note = f" (this copy holds {n:,} of the {OFFICIAL_TEST_SIZE:,} official test images)"
         logger.warning("CIFAR-10 test split from %s has %d images, not %d.", origin, n, OFFICIAL_TEST_SIZE)
-    return common.RawSplit(
-        images=images,
-        labels=labels,
+    return common.RawSplit.build(
+        images,
+        labels,
         scale=1.0 / 255.0,
-        info={
-            "source": "cifar10",
-            "split": split,
-            "origin": origin,
-            "num_examples": n,
-            "num_classes": 10,
-            "standin": False,
-            "description": f"CIFAR-10 {split}, RGB in [0, 1]{note}",
-            "preprocessing": PREPROCESSING_VERSION,
-        },
+        source="cifar10",
+        split=split,
+        origin=origin,
+        num_classes=10,
+        standin=False,
+        description=f"CIFAR-10 {split}, RGB in [0, 1]{note}",
+        preprocessing=PREPROCESSING_VERSION,
     )

@@ -54,6 +54,21 @@ class RawSplit:
     scale: float
     info: dict[str, Any]
 
+    @classmethod
+    def build(cls, images, labels, scale, *, source, split, origin, num_classes, standin, description, **extra):
+        """A split with its ``info`` (``num_examples`` counted from ``images``; ``extra`` keys kept as given)."""
+        info = {
+            "source": source,
+            "split": split,
+            "origin": origin,
+            "num_examples": int(len(images)),
+            "num_classes": int(num_classes),
+            "standin": bool(standin),
+            "description": description,
+            **extra,
+        }
+        return cls(images=images, labels=labels, scale=scale, info=info)
+
     def as_float(self) -> np.ndarray:
         """Images as float32 in the data range."""
         out = self.images.astype(np.float32)

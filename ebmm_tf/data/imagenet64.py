@@ -130,20 +130,17 @@ def load(split: str, data_dir=None, tfds_data_dir=None, allow_standin: bool = Tr
     if found is not None:
         arrays, _, origin = found
         images, labels = arrays["images"], arrays["labels"]
-        return common.RawSplit(
-            images=images,
-            labels=labels,
+        return common.RawSplit.build(
+            images,
+            labels,
             scale=1.0 / 255.0,
-            info={
-                "source": "imagenet64",
-                "split": split,
-                "origin": origin,
-                "num_examples": int(len(images)),
-                "num_classes": 1000,
-                "standin": False,
-                "description": f"ImageNet 64x64 (TFDS {TFDS_NAME}, split {tsplit}), RGB in [0, 1]",
-                "preprocessing": PREPROCESSING_VERSION,
-            },
+            source="imagenet64",
+            split=split,
+            origin=origin,
+            num_classes=1000,
+            standin=False,
+            description=f"ImageNet 64x64 (TFDS {TFDS_NAME}, split {tsplit}), RGB in [0, 1]",
+            preprocessing=PREPROCESSING_VERSION,
         )
     searched = common.candidate_dirs(data_dir)
     if allow_standin:
@@ -162,23 +159,20 @@ def load(split: str, data_dir=None, tfds_data_dir=None, allow_standin: bool = Tr
                     "Using the Tiny ImageNet STAND-IN (%s) for ImageNet 64x64: it is not the paper's data.", src
                 )
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-            return common.RawSplit(
-                images=images,
-                labels=labels,
+            return common.RawSplit.build(
+                images,
+                labels,
                 scale=1.0 / 255.0,
-                info={
-                    "source": "imagenet64",
-                    "split": split,
-                    "origin": os.fspath(src),
-                    "num_examples": int(len(images)),
-                    "num_classes": len(meta.get("class_names", [])),
-                    "standin": True,
-                    "num_grayscale_converted": int(arrays[f"{split}_num_grey"]),
-                    "class_names": meta.get("class_names"),
-                    "description": f"{STANDIN_DESCRIPTION}; split {split}: per class, images sorted by number, first "
-                    f"{STANDIN_TRAIN_PER_CLASS} -> train, last 5 -> test",
-                    "preprocessing": PREPROCESSING_VERSION,
-                },
+                source="imagenet64",
+                split=split,
+                origin=os.fspath(src),
+                num_classes=len(meta.get("class_names", [])),
+                standin=True,
+                num_grayscale_converted=int(arrays[f"{split}_num_grey"]),
+                class_names=meta.get("class_names"),
+                description=f"{STANDIN_DESCRIPTION}; split {split}: per class, images sorted by number, first "
+                f"{STANDIN_TRAIN_PER_CLASS} -> train, last 5 -> test",
+                preprocessing=PREPROCESSING_VERSION,
             )
     raise common.DatasetNotFoundError(
         common.missing_message(

@@ -137,20 +137,17 @@ def load_tfds_arrays(split: str, tfds_root) -> tuple[dict, dict]:
 
 def _make(arrays, split, origin) -> common.RawSplit:
     images, labels = arrays["images"], arrays["labels"].astype(np.int32)
-    return common.RawSplit(
-        images=images,
-        labels=labels,
+    return common.RawSplit.build(
+        images,
+        labels,
         scale=1.0,
-        info={
-            "source": "mnist",
-            "split": split,
-            "origin": origin,
-            "num_examples": int(len(images)),
-            "num_classes": 10,
-            "standin": False,
-            "description": f"MNIST {split}, bilinear-upscaled to 32x32, binarized at 0.5, ink = 1",
-            "preprocessing": PREPROCESSING_VERSION,
-        },
+        source="mnist",
+        split=split,
+        origin=origin,
+        num_classes=10,
+        standin=False,
+        description=f"MNIST {split}, bilinear-upscaled to 32x32, binarized at 0.5, ink = 1",
+        preprocessing=PREPROCESSING_VERSION,
     )
 
 
@@ -164,19 +161,16 @@ def load_digits_standin(split: str) -> common.RawSplit:
     sl = slice(0, DIGITS_TRAIN_SIZE) if split == "train" else slice(DIGITS_TRAIN_SIZE, None)
     images = upscale_binarize(digits.images[sl] / 16.0)
     labels = digits.target[sl].astype(np.int32)
-    return common.RawSplit(
-        images=images,
-        labels=labels,
+    return common.RawSplit.build(
+        images,
+        labels,
         scale=1.0,
-        info={
-            "source": "sklearn_digits",
-            "split": split,
-            "origin": "sklearn.datasets.load_digits",
-            "num_examples": int(len(images)),
-            "num_classes": 10,
-            "standin": True,
-            "description": "scikit-learn 8x8 digits, bilinear-upscaled to 32x32, binarized at 0.5 "
-            "(STAND-IN for MNIST, not MNIST)",
-            "preprocessing": PREPROCESSING_VERSION,
-        },
+        source="sklearn_digits",
+        split=split,
+        origin="sklearn.datasets.load_digits",
+        num_classes=10,
+        standin=True,
+        description="scikit-learn 8x8 digits, bilinear-upscaled to 32x32, binarized at 0.5 "
+        "(STAND-IN for MNIST, not MNIST)",
+        preprocessing=PREPROCESSING_VERSION,
     )

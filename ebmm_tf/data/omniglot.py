@@ -177,19 +177,16 @@ def load(split: str, data_dir=None, tfds_data_dir=None) -> common.RawSplit:
 
 def _make(arrays, meta, split, origin) -> common.RawSplit:
     images, labels = arrays["images"], arrays["labels"].astype(np.int32)
-    return common.RawSplit(
-        images=images,
-        labels=labels,
+    return common.RawSplit.build(
+        images,
+        labels,
         scale=1.0,
-        info={
-            "source": "omniglot",
-            "split": split,
-            "origin": origin,
-            "num_examples": int(len(images)),
-            "num_classes": int(labels.max()) + 1 if len(labels) else 0,
-            "standin": False,
-            "class_names": meta.get("class_names"),
-            "description": "Omniglot " + SPLIT_DIRS[split] + " set, 32x32 area-resized, binarized at 0.5, ink = 1",
-            "preprocessing": PREPROCESSING_VERSION,
-        },
+        source="omniglot",
+        split=split,
+        origin=origin,
+        num_classes=int(labels.max()) + 1 if len(labels) else 0,
+        standin=False,
+        class_names=meta.get("class_names"),
+        description="Omniglot " + SPLIT_DIRS[split] + " set, 32x32 area-resized, binarized at 0.5, ink = 1",
+        preprocessing=PREPROCESSING_VERSION,
     )
