@@ -1,4 +1,8 @@
-"""Export a trained ``EnergyMemory`` as a SavedModel for TensorFlow Serving (signatures: ``ebmm_tf.serving``).
+"""Export a trained memory as a SavedModel for TensorFlow Serving (signatures: ``ebmm_tf.serving``).
+
+Any memory of the package exports: an ``EnergyMemory`` with every signature, a learned baseline (LSTM, MANN,
+differentiable plasticity, Memory Networks, denoising autoencoder) with those that it has (no energy; the
+autoencoder, which stores nothing, only ``write_and_recall``).
 
 Command line (absl flags)::
 
@@ -31,9 +35,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ebmm_tf import rundir
-from ebmm_tf.memory import EnergyMemory
-from ebmm_tf.serving import SERVING_DEFAULT, SIGNATURES, ServingModule, describe, state_key
+from ebmm_tf import contract, rundir
+from ebmm_tf.serving import SERVING_DEFAULT, ServingModule, describe, signature_names, state_key
 
 __all__ = ["export_memory", "export_from_workdir", "find_memory_file", "load_memory", "verify_export"]
 
@@ -47,11 +50,19 @@ def find_memory_file(workdir) -> str:
     return rundir.find_saved_model(str(workdir), "auto")[0]
 
 
-def load_memory(memory_file) -> EnergyMemory:
-    """Loads an ``EnergyMemory`` from a ``.keras`` file (``ebmm_tf.rundir.load_saved_model``)."""
+def _check_exportable(memory, where):
+    if not isinstance(memory, contract.AssociativeMemory):
+        raise TypeError(
+            f"{where} must be an ebmm_tf.EnergyMemory or a learned baseline (ebmm_tf.contract.AssociativeMemory), "
+            f"got a {type(memory).__name__}"
+        )
+
+
+def load_memory(memory_file):
+    """Loads a memory (``EnergyMemory`` or learned baseline) from a ``.keras`` file
+    (``ebmm_tf.rundir.load_saved_model``)."""
     memory = rundir.load_saved_model(memory_file)
-    if not isinstance(memory, EnergyMemory):
-        raise TypeError(f"{memory_file} holds a {type(memory).__name__}, not an ebmm_tf.EnergyMemory")
+    _check_exportable(memory, f"the model in {memory_file}")
     return memory
 
 
@@ -77,12 +88,13 @@ def workdir_files(workdir) -> dict:
 
 
 def export_memory(
-    memory: EnergyMemory, export_dir, *, overwrite=False, range_tolerance=1e-3, keras_copy=True, extra_files=None
+    memory, export_dir, *, overwrite=False, range_tolerance=1e-3, keras_copy=True, extra_files=None
 ) -> str:
     """Saves ``memory``'s serving signatures as a SavedModel in ``export_dir``; returns the directory.
 
     Args:
-      memory: a trained ``EnergyMemory`` (any float dtype; the signatures take and return float32).
+      memory: a trained ``EnergyMemory`` or learned baseline (any float dtype; the signatures take and return
+        float32).
       export_dir: target directory, normally ``<base>/<name>/<version>``; must be missing or empty unless
         ``overwrite``.
       overwrite: replace an existing non-empty ``export_dir``.
@@ -98,8 +110,7 @@ def export_memory(
             )
         if not tf.io.gfile.exists(src):
             raise FileNotFoundError(f"extra file {src} does not exist")
-    if not isinstance(memory, EnergyMemory):
-        raise TypeError(f"memory must be an ebmm_tf.EnergyMemory, got {type(memory).__name__}")
+    _check_exportable(memory, "memory")
     export_dir = os.fspath(export_dir)
     if not _is_empty_or_missing(export_dir) and not overwrite:
         raise FileExistsError(f"export directory {export_dir} is not empty; pass overwrite=True (--overwrite)")
@@ -137,7 +148,9 @@ def export_memory(
             shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    logging.info("exported %s with signatures %s (serving_default = %s)", export_dir, SIGNATURES, SERVING_DEFAULT)
+    logging.info(
+        "exported %s with signatures %s (serving_default = %s)", export_dir, module.signature_names, SERVING_DEFAULT
+    )
     return export_dir
 
 
@@ -166,7 +179,7 @@ def export_from_workdir(workdir, export_dir, **kwargs) -> str:
     return export_memory(load_memory(find_memory_file(workdir)), export_dir, **kwargs)
 
 
-def verify_export(memory: EnergyMemory, export_dir, num_patterns=4, seed=0, atol=1e-3) -> float:
+def verify_export(memory, export_dir, num_patterns=4, seed=0, atol=1e-3) -> float:
     """Reloads ``export_dir`` and compares ``write`` and ``write_and_recall`` with ``memory`` on random patterns.
 
     Returns the largest difference, relative to each output's largest magnitude where that exceeds 1 (the
@@ -184,7 +197,9 @@ def verify_export(memory: EnergyMemory, export_dir, num_patterns=4, seed=0, atol
     state = memory.write(x)
     expected = {state_key(n): t.numpy() for n, t in state.weights.items()}
     expected["retrieved"] = memory.recall(state, q).numpy()
-    got = {k: v.numpy() for k, v in loaded.signatures["write"](patterns=tf.constant(x)).items()}
+    got = {}
+    if "write" in loaded.signatures:  # (a memory that writes nothing has no write signature)
+        got = {k: v.numpy() for k, v in loaded.signatures["write"](patterns=tf.constant(x)).items()}
     got["retrieved"] = loaded.signatures["write_and_recall"](patterns=tf.constant(x), queries=tf.constant(q))[
         "retrieved"
     ].numpy()
@@ -203,7 +218,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
     flags.DEFINE_string("workdir", None, "Training workdir: exports best/memory.keras, else latest/memory.keras.")
-    flags.DEFINE_string("memory_file", None, "A .keras file of an EnergyMemory (instead of --workdir).")
+    flags.DEFINE_string("memory_file", None, "A .keras file of a memory (instead of --workdir).")
     flags.DEFINE_string("export_dir", None, "Target directory, <base>/<model name>/<integer version>.")
     flags.DEFINE_bool("overwrite", False, "Replace a non-empty export_dir.")
     flags.DEFINE_float("range_tolerance", 1e-3, "Accepted excess over the data range, as a fraction of its width.")
@@ -235,7 +250,7 @@ def main(argv):
     if FLAGS.verify:
         logging.info("verified: largest difference to the in-process model %.3g", verify_export(memory, path))
     print(f"exported {memory_file} -> {path}")
-    print(f"signatures: {', '.join(SIGNATURES)} (serving_default = {SERVING_DEFAULT})")
+    print(f"signatures: {', '.join(signature_names(memory))} (serving_default = {SERVING_DEFAULT})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,11 @@
-"""Serving signatures of a trained ``EnergyMemory``: the ``tf.Module`` that ``ebmm_tf.export`` saves.
+"""Serving signatures of a trained memory: the ``tf.Module`` that ``ebmm_tf.export`` saves.
+
+An ``EnergyMemory`` gets every signature below. A learned baseline (any ``ebmm_tf.contract.AssociativeMemory``
+without an energy) gets the same ones without ``energy`` and without the ``energy`` / ``energies`` outputs; its
+``<state>`` is its written state (slots, recurrent state, Hebbian trace), whose shapes come from tracing its
+``write`` (a dimension that grows with N, e.g. Memory Networks' slots, is checked as ``>= 1``). A memory whose
+written state is empty (the denoising autoencoder) gets only ``write_and_recall`` and
+``write_and_recall_clamped``.
 
 Every batch dimension is dynamic; ``P`` is the pattern shape (``[128]``, ``[32, 32, 1]``); ``<state>`` is one
 float32 tensor per writable weight, keyed by ``state_key(memory name)``: ``memory/kernel`` -> ``memory__kernel``
@@ -29,12 +36,15 @@ input, so no other op can fail first with a less helpful message.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import keras
 import tensorflow as tf
 
-from ebmm_tf.memory import EnergyMemory, MemoryState
+from ebmm_tf import contract
+from ebmm_tf.contract import MemoryState
+from ebmm_tf.memory import EnergyMemory
 
 __all__ = [
     "SIGNATURES",
@@ -46,6 +56,7 @@ __all__ = [
 ]
 
 SIGNATURES = ("write", "recall", "recall_clamped", "write_and_recall", "write_and_recall_clamped", "energy")
+STATELESS_SIGNATURES = ("write_and_recall", "write_and_recall_clamped")
 SERVING_DEFAULT = "write_and_recall"
 _RESERVED_KEYS = {"patterns", "queries", "mask", "retrieved", "energy", "iterates", "energies"}
 # TensorFlow's rule for op (placeholder) names, which the TF1 loader derives from the input keys.
@@ -94,18 +105,40 @@ def _fmt(v):
     return f"{v:g}"
 
 
+def state_spec(memory) -> dict:
+    """``{name: shape}`` of ``memory``'s written state; ``None`` marks a dimension that depends on N.
+
+    ``EnergyMemory``: its writable weights (``energy_net.memory_spec()``). Other memories: the shapes of
+    ``write``'s outputs traced for a batch of unknown size.
+    """
+    if isinstance(memory, EnergyMemory):
+        spec = memory.energy_net.memory_spec()
+        return {n: tuple(spec[n][0]) for n in memory.memory_names}
+    batch = tf.TensorSpec([None, *memory.pattern_shape], memory.compute_dtype)
+    traced = tf.function(lambda p: memory.write(p).weights, autograph=False).get_concrete_function(batch)
+    return {n: tuple(t.shape.as_list()) for n, t in traced.structured_outputs.items()}
+
+
+def signature_names(memory) -> tuple:
+    """The signatures exported for ``memory`` (module docstring)."""
+    if contract.has_energy(memory):
+        return SIGNATURES
+    if not state_spec(memory):
+        return STATELESS_SIGNATURES
+    return tuple(n for n in SIGNATURES if n != "energy")
+
+
 class ServingModule(tf.Module):
-    """The signatures of one ``EnergyMemory`` (see the module docstring), ready for ``tf.saved_model.save``.
+    """The signatures of one memory (see the module docstring), ready for ``tf.saved_model.save``.
 
     Args:
-      memory: a built ``EnergyMemory``; its variables are captured (not copied).
+      memory: a built ``EnergyMemory`` or learned baseline; its variables are captured (not copied).
       range_tolerance: inputs may exceed the data range ``(lo, hi)`` by ``range_tolerance * (hi - lo)``.
     """
 
-    def __init__(self, memory: EnergyMemory, range_tolerance: float = 1e-3):
+    def __init__(self, memory, range_tolerance: float = 1e-3):
         super().__init__(name="ebmm_serving")
-        if not isinstance(memory, EnergyMemory):
-            raise TypeError(f"memory must be an ebmm_tf.EnergyMemory, got {type(memory).__name__}")
+        contract.check_memory(memory)
         if range_tolerance < 0:
             raise ValueError(f"range_tolerance must be >= 0, got {range_tolerance}")
         # Track the tf.Variables themselves, not the Keras model or its Keras variables: with those as the
@@ -119,17 +152,20 @@ class ServingModule(tf.Module):
                 variables.append(tv)
         self.memory_variables = variables
 
-        names = list(memory.memory_names)
+        spec = state_spec(memory)
+        names = list(spec)
         keys = [state_key(n) for n in names]
         bad = [k for k in keys if not _VALID_KEY.fullmatch(k) or k in _RESERVED_KEYS or memory_name_of(k) not in names]
         if bad or len(set(keys)) != len(keys):
             raise ValueError(f"memory names {names} do not map to distinct valid signature keys: {keys}")
-        spec = memory.energy_net.memory_spec()
+        if any(sum(d is None for d in spec[n]) > 1 for n in names):
+            raise ValueError(f"a state tensor may have at most one dimension that depends on N, got {spec}")
         self._holder = _Untracked(memory)  # keeps the Keras model out of the saved object graph (see above)
         self._names, self._keys = names, keys
-        self._state_shapes = [tuple(spec[n][0]) for n in names]
+        self._state_shapes = [spec[n] for n in names]
+        self._has_energy = contract.has_energy(memory)
+        self.signature_names = signature_names(memory)
         self.pattern_shape = tuple(memory.pattern_shape)
-        self.read_steps = memory.read_steps
         lo, hi = memory.data_range
         self._range = (lo, hi, range_tolerance * (hi - lo))
 
@@ -153,9 +189,10 @@ class ServingModule(tf.Module):
         self._holder.read_core = tf.function(
             self._read_core, input_signature=[checked_state, checked_batch, checked_batch], autograph=False
         )
-        self._holder.energy_core = tf.function(
-            self._energy_core, input_signature=[checked_state, checked_batch], autograph=False
-        )
+        if self._has_energy:
+            self._holder.energy_core = tf.function(
+                self._energy_core, input_signature=[checked_state, checked_batch], autograph=False
+            )
 
         def write(patterns):
             return self._write(patterns, "write")
@@ -175,19 +212,21 @@ class ServingModule(tf.Module):
         def energy(*args):
             return self._energy(args[:n_state], args[n_state], "energy")
 
-        self.write = tf.function(write, input_signature=[patterns], autograph=False)
-        self.recall = tf.function(recall, input_signature=state_specs + [queries], autograph=False)
-        self.recall_clamped = tf.function(
-            recall_clamped, input_signature=state_specs + [queries, mask], autograph=False
-        )
         self.write_and_recall = tf.function(write_and_recall, input_signature=[patterns, queries], autograph=False)
         self.write_and_recall_clamped = tf.function(
             write_and_recall_clamped, input_signature=[patterns, queries, mask], autograph=False
         )
-        self.energy = tf.function(energy, input_signature=state_specs + [patterns], autograph=False)
+        if "write" in self.signature_names:
+            self.write = tf.function(write, input_signature=[patterns], autograph=False)
+            self.recall = tf.function(recall, input_signature=state_specs + [queries], autograph=False)
+            self.recall_clamped = tf.function(
+                recall_clamped, input_signature=state_specs + [queries, mask], autograph=False
+            )
+        if "energy" in self.signature_names:
+            self.energy = tf.function(energy, input_signature=state_specs + [patterns], autograph=False)
 
     @property
-    def memory(self) -> EnergyMemory:
+    def memory(self):
         return self._holder.value
 
     def signatures(self) -> dict:
@@ -196,7 +235,7 @@ class ServingModule(tf.Module):
         The functions are traced by ``tf.saved_model.save`` itself (tracing them before would be wasted: the
         save traced them again in its own context).
         """
-        out = {name: getattr(self, name) for name in SIGNATURES}
+        out = {name: getattr(self, name) for name in self.signature_names}
         out["serving_default"] = out[SERVING_DEFAULT]
         return out
 
@@ -209,8 +248,11 @@ class ServingModule(tf.Module):
     # cannot make any other op fail first; the only errors are the Asserts' messages.
     def _check_shape(self, x, name, signature, expected, batch=None):
         """``(ok, assert op)`` for the runtime shape of ``x``: ``expected`` dims after a batch named ``batch``."""
-        dims = ", ".join(str(d) for d in expected)
-        if batch is None:
+        dims = ", ".join("n" if d is None else str(d) for d in expected)
+        if batch is None and None in expected:  # a dimension that grows with N: any size >= 1
+            pattern = ", ".join(r"[1-9][0-9]*" if d is None else re.escape(str(d)) for d in expected)
+            shown = f"[{dims}] with n >= 1"
+        elif batch is None:
             pattern, shown = re.escape(dims), f"[{dims}]"
         else:
             pattern = r"[1-9][0-9]*" + re.escape(", " + dims if dims else "")
@@ -301,11 +343,16 @@ class ServingModule(tf.Module):
         return out
 
     # ------------------------------------------------------------------ computations (checked inputs)
-    def _write_core(self, patterns):
+    def _steps(self):
         # Nested step functions: the SavedModel holds one write step (and its gradients) called T times instead
         # of T unrolled copies, several times smaller (a paper-scale conv memory: see export/README.md).
-        with self.memory.nested_step_functions():
-            state = self.memory.write(patterns)
+        if isinstance(self.memory, contract.NestedSteps):
+            return self.memory.nested_step_functions()
+        return contextlib.nullcontext()
+
+    def _write_core(self, patterns):
+        with self._steps():
+            state = self.memory.write(tf.cast(patterns, self.memory.compute_dtype))
         return [tf.cast(state.weights[n], tf.float32) for n in self._names]
 
     def _read_core(self, state_tensors, queries, mask):
@@ -313,12 +360,16 @@ class ServingModule(tf.Module):
 
         Always clamps with ``mask``: an all-zero mask gives ``x * 1 + q * 0 = x``, exactly the unclamped read.
         """
-        state = MemoryState(dict(zip(self._names, state_tensors)))
-        with self.memory.nested_step_functions():
-            iterates = self.memory.read(state, queries, mask)
+        dt = self.memory.compute_dtype
+        state = MemoryState({n: tf.cast(t, dt) for n, t in zip(self._names, state_tensors)})
+        with self._steps():
+            iterates = self.memory.read(state, tf.cast(queries, dt), tf.cast(mask, dt))
         stacked = tf.stack(iterates)  # [K, M, *P]
+        if not self._has_energy:
+            stacked = tf.cast(stacked, tf.float32)
+            return stacked[-1], None, stacked, None
         flat = tf.reshape(stacked, [-1, *self.pattern_shape])
-        energies = tf.reshape(self.memory.energy(state, flat), [self.read_steps, -1])
+        energies = tf.reshape(self.memory.energy(state, flat), [len(iterates), -1])
         stacked, energies = tf.cast(stacked, tf.float32), tf.cast(energies, tf.float32)
         return stacked[-1], energies[-1], stacked, energies
 
@@ -339,12 +390,16 @@ class ServingModule(tf.Module):
     def _recall(self, state_tensors, queries, mask, signature):
         state = self._checked_state(state_tensors, signature)
         retrieved, energy, iterates, energies = self._checked_read(state, queries, mask, signature)
+        if not self._has_energy:
+            return {"retrieved": retrieved, "iterates": iterates}
         return {"retrieved": retrieved, "energy": energy, "iterates": iterates, "energies": energies}
 
     def _write_and_recall(self, patterns, queries, mask, signature):
         x = self._checked_batch(patterns, "patterns", signature, "N")
         state = self._holder.write_core(x)
         retrieved, energy, _, _ = self._checked_read(state, queries, mask, signature)
+        if not self._has_energy:
+            return {"retrieved": retrieved}
         return {"retrieved": retrieved, "energy": energy}
 
     def _energy(self, state_tensors, patterns, signature):
@@ -353,20 +408,27 @@ class ServingModule(tf.Module):
         return {"energy": self._holder.energy_core(state, x)}
 
 
-def describe(memory: EnergyMemory) -> dict:
-    """JSON-able description of the exported signatures (written to ``assets.extra/ebmm_tf_export.json``)."""
-    spec = memory.energy_net.memory_spec()
-    return {
+def describe(memory) -> dict:
+    """JSON-able description of the exported signatures (written to ``assets.extra/ebmm_tf_export.json``).
+
+    ``state`` shapes hold ``null`` for a dimension that grows with N."""
+    spec = state_spec(memory)
+    out = {
         "format": "ebmm_tf SavedModel export, version 1",
-        "signatures": list(SIGNATURES),
+        "signatures": list(signature_names(memory)),
         "serving_default": SERVING_DEFAULT,
         "pattern_shape": list(memory.pattern_shape),
         "data_range": list(memory.data_range),
-        "write_steps": memory.write_steps,
-        "read_steps": memory.read_steps,
         "memory_size": memory.memory_size(),
-        "energy_network": type(memory.energy_net).__name__,
-        "state": {state_key(n): {"memory_name": n, "shape": list(spec[n][0])} for n in memory.memory_names},
+        "model": type(memory).__name__,
+        "state": {state_key(n): {"memory_name": n, "shape": list(shape)} for n, shape in spec.items()},
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }
+    if isinstance(memory, EnergyMemory):
+        out.update(
+            write_steps=memory.write_steps,
+            read_steps=memory.read_steps,
+            energy_network=type(memory.energy_net).__name__,
+        )
+    return out
