@@ -66,6 +66,7 @@ def _episodes(protocol, split, seed, data_dir, with_indices=False):
     """``protocol.episodes(...)`` under its earlier name (the shipped models' tests replay episodes with it)."""
     return protocol.episodes(split, seed, data_dir, with_indices=with_indices)
 
+
 __all__ = [
     "EVAL_SEED",
     "Protocol",

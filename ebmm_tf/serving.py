@@ -119,11 +119,11 @@ def state_spec(memory) -> dict:
     return {n: tuple(t.shape.as_list()) for n, t in traced.structured_outputs.items()}
 
 
-def signature_names(memory) -> tuple:
-    """The signatures exported for ``memory`` (module docstring)."""
+def signature_names(memory, spec=None) -> tuple:
+    """The signatures exported for ``memory`` (module docstring); ``spec``: its ``state_spec`` if known."""
     if contract.has_energy(memory):
         return SIGNATURES
-    if not state_spec(memory):
+    if not (state_spec(memory) if spec is None else spec):
         return STATELESS_SIGNATURES
     return tuple(n for n in SIGNATURES if n != "energy")
 
@@ -164,7 +164,7 @@ class ServingModule(tf.Module):
         self._names, self._keys = names, keys
         self._state_shapes = [spec[n] for n in names]
         self._has_energy = contract.has_energy(memory)
-        self.signature_names = signature_names(memory)
+        self.signature_names = signature_names(memory, spec)
         self.pattern_shape = tuple(memory.pattern_shape)
         lo, hi = memory.data_range
         self._range = (lo, hi, range_tolerance * (hi - lo))
@@ -415,7 +415,7 @@ def describe(memory) -> dict:
     spec = state_spec(memory)
     out = {
         "format": "ebmm_tf SavedModel export, version 1",
-        "signatures": list(signature_names(memory)),
+        "signatures": list(signature_names(memory, spec)),
         "serving_default": SERVING_DEFAULT,
         "pattern_shape": list(memory.pattern_shape),
         "data_range": list(memory.data_range),

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import gin
 from ebmm_tf import evaluate, trainer
 from ebmm_tf import run as run_lib
 from ebmm_tf.baselines.autoencoder import DenoisingAutoEncoder, denoising_autoencoder
@@ -22,13 +21,6 @@ from ebmm_tf.meta import MetaLearner, meta_loss
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("EBMM_DATA_DIR", os.path.join(os.path.dirname(ROOT), "shared", "data"))
 BASELINE_GIN = sorted(glob.glob(os.path.join(ROOT, "gin", "baselines", "*.gin")))
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def _images(n, shape=(16, 16, 1), seed=0, block=8):

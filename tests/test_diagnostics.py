@@ -21,13 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "gin", "smoke", "binary_strings.gin")
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 # ---------------------------------------------------------------------------------------------------- AUC
 def test_energy_auc_counts_pairs_and_ties():
     # pairs (s, o): (1,2) (1,4) (2,2) tie (2,4) (3,2) wrong (3,4) -> (1 + 1 + 0.5 + 1 + 0 + 1) / 6

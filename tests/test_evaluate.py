@@ -12,7 +12,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import gin
 from ebmm_tf import analysis, evaluate, rundir
 from ebmm_tf import data as data_lib
 from ebmm_tf.distortions import BinaryStringProtocol, BlockNoise
@@ -53,13 +52,6 @@ EVAL_KEYS = {
     "uses_memory": bool,
     "memory_pairs": int,
 }
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def _train(workdir, gin_file, *params):

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 
-import gin
 from ebmm_tf import run as run_lib
 from ebmm_tf import trainer
 from ebmm_tf.baselines.recurrent import MANN, DifferentiablePlasticity, LSTMMemory
@@ -21,13 +20,6 @@ GIN = sorted(
     for p in glob.glob(os.path.join(ROOT, "gin", "baselines", "*.gin"))
     if any(k in os.path.basename(p) for k in ("lstm", "mann", "plasticity"))
 )
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def _sig(z):

@@ -17,13 +17,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "gin", "smoke", "binary_strings.gin")
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def test_experiment_takes_its_defaults_from_the_run_module():
     """One owner of the defaults that every job reads: Experiment's signature uses ``run.DEFAULTS``."""
     params = inspect.signature(trainer.Experiment.__init__).parameters

@@ -25,13 +25,6 @@ DATA_DIR = os.environ.get("EBMM_DATA_DIR", os.path.join(os.path.dirname(ROOT), "
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "EBMM_DATA_DIR": DATA_DIR}
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def _needs_data(path):
     with open(path) as f:
         text = f.read()
