@@ -301,3 +301,31 @@ def test_gated_rnn_energy_on_images_flattens_the_pixels(tmp_path):
     np.testing.assert_allclose(again.recall(again.write(x), x).numpy(), mem.recall(state, x).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="does not match input_size"):
         ebmm_tf.GatedRNNEnergy(input_size=15, pattern_shape=(4, 4, 1), hidden_size=8)
+
+
+def test_gated_rnn_energy_input_center_shifts_the_input_and_the_write(tmp_path):
+    keras.utils.set_random_seed(4)
+    kw = dict(input_size=None, pattern_shape=(4, 4, 1), hidden_size=8, hops=2, dynamic_size=3)
+    centered = ebmm_tf.GatedRNNEnergy(input_center=0.25, **kw)
+    plain = ebmm_tf.GatedRNNEnergy(**kw)
+    for a, b in zip(plain.weights, centered.weights):
+        a.assign(b)
+    x = (np.random.default_rng(1).uniform(size=(5, 4, 4, 1)) < 0.3).astype("float32")
+    memory = {k: tf.random.normal(shape) for k, (shape, _) in centered.memory_spec().items()}
+    np.testing.assert_allclose(centered(x, memory=memory).numpy(), plain(x - 0.25, memory=memory).numpy(), rtol=1e-6)
+    # the energy's gradient in the memory kernel is the outer product of the (centred) input with the error at
+    # the memory units: without centring the rows of background pixels (x_d = 0) get none of the energy term
+    background = x[0].reshape(-1) == 0
+
+    def kernel_gradient(net):
+        kernel = tf.Variable(memory["memory/kernel"])
+        with tf.GradientTape() as tape:
+            e = net(x[:1], memory={**memory, "memory/kernel": kernel})
+        return np.abs(tape.gradient(e, kernel).numpy()).sum(-1)
+
+    np.testing.assert_array_equal(kernel_gradient(plain)[background], 0.0)
+    assert np.all(kernel_gradient(centered)[background] > 0)
+    again = ebmm_tf.GatedRNNEnergy.from_config(centered.get_config())
+    assert again.input_center == 0.25
+    with pytest.raises(ValueError, match="finite"):
+        ebmm_tf.GatedRNNEnergy(input_center=float("nan"), **kw)
