@@ -18,7 +18,9 @@ Optional capabilities, each a protocol of its own, checked with ``isinstance``:
 * ``EnergyModel``: ``energy(state, x) -> [B]`` (EBMM): the energy AUC and energy figures need it;
 * ``LearnedRates``: ``rate_variables()``, the step sizes that ``MetaLearner.rate_learning_rate`` trains apart;
 * ``NestedSteps``: ``nested_step_functions(enabled, inline)``, a context that compiles the write/read steps as
-  nested functions (``MetaLearner.nested_steps``).
+  nested functions (``MetaLearner.nested_steps``);
+* ``OwnObjective``: ``training_loss(episode) -> (loss, per_term)``, a memory meta-trained on its own objective
+  (the VAE's negative ELBO) instead of the read loss.
 
 ``RecallMixin`` implements ``recall``, ``reconstruction_loss``, ``project`` and ``call`` (and the input check
 ``_cast``) once for every memory from ``write``, ``read``, ``pattern_shape`` and ``data_range``.
@@ -38,6 +40,7 @@ __all__ = [
     "LearnedRates",
     "MemoryState",
     "NestedSteps",
+    "OwnObjective",
     "RecallMixin",
     "check_memory",
     "has_energy",
@@ -97,6 +100,14 @@ class NestedSteps(Protocol):
     """A memory that can compile its write/read steps as nested functions."""
 
     def nested_step_functions(self, enabled=True, inline=False): ...
+
+
+@runtime_checkable
+class OwnObjective(Protocol):
+    """A memory meta-trained on its own objective instead of B.4's read loss (e.g. a VAE's negative ELBO):
+    ``training_loss(episode) -> (loss, per_term [k])``; ``ebmm_tf.meta.meta_loss`` calls it."""
+
+    def training_loss(self, episode): ...
 
 
 _REQUIRED = ("write", "read", "recall", "reconstruction_loss", "memory_size", "pattern_shape", "data_range")

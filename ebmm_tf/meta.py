@@ -31,8 +31,13 @@ def meta_loss(memory: EnergyMemory, episode, first_order=None):
     """Writes ``episode["patterns"]``, reads ``episode["queries"]`` (clamping ``episode["clamp"]`` if given).
 
     Returns ``(loss, aux)``: ``loss`` is B.4's ``sum_k mean_i ||x_i - x_i^(k)||^2``; ``aux`` holds
-    ``per_step [K]``, the ``iterates`` and the written ``state``.
+    ``per_step [K]``, the ``iterates`` and the written ``state``. A memory with its own objective
+    (``ebmm_tf.contract.OwnObjective``, e.g. the VAE baseline) returns that objective instead, with its terms as
+    ``per_step``.
     """
+    if isinstance(memory, contract.OwnObjective):
+        loss, per_term = memory.training_loss(episode)
+        return loss, {"per_step": per_term}
     state = memory.write(episode["patterns"], first_order=first_order)
     iterates = memory.read(state, episode["queries"], episode.get("clamp"))
     loss, per_step = memory.reconstruction_loss(episode["patterns"], iterates)

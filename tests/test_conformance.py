@@ -25,6 +25,7 @@ from ebmm_tf.baselines.autoencoder import DenoisingAutoEncoder
 from ebmm_tf.baselines.memnet import MemoryNetwork
 from ebmm_tf.baselines.networks import ConvAutoEncoder
 from ebmm_tf.baselines.recurrent import MANN, DifferentiablePlasticity, LSTMMemory, SequentialBaseline
+from ebmm_tf.baselines.vae import VariationalAutoEncoder
 from tests._tiny import episode, tiny_conv, tiny_fc, tiny_lower, tiny_rnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,12 +69,21 @@ REGISTRY = {
         (0.0, 1.0),
         False,
     ),
+    # Gaussian likelihood: its read has no threshold, so graph and eager agree to rounding (test_image_baselines.py
+    # checks the Bernoulli read against a hand computation)
+    "VariationalAutoEncoder": (
+        lambda: VariationalAutoEncoder(_small_conv_autoencoder(), likelihood="gaussian", read_steps=3),
+        (8, 8, 1),
+        (0.0, 1.0),
+        False,
+    ),
     "LSTMMemory": (lambda: LSTMMemory((6,), hidden_size=5, read_steps=2), (6,), (-1.0, 1.0), True),
     "MANN": (lambda: MANN((6,), num_slots=3, word_size=4, controller_size=5), (6,), (-1.0, 1.0), True),
     "DifferentiablePlasticity": (lambda: DifferentiablePlasticity((6,), read_steps=2), (6,), (-1.0, 1.0), True),
 }
 EBMM = [k for k in REGISTRY if k[0].isupper() and k.endswith("Energy")] + ["imagenet_conv_energy"]
 ALL = sorted(REGISTRY)
+WRITE_NOTHING = ("DenoisingAutoEncoder", "VariationalAutoEncoder")  # non-memory baselines (A.3)
 # The conv-family meta-gradients take ~30 s each to compile on 2 cores: in the default suite the dense, the FC and
 # (in tests/test_benchmarks.py) the C.3 conv network; the others under -m slow.
 _SLOW = pytest.mark.slow
@@ -108,7 +118,7 @@ def test_the_registry_covers_every_model():
         if c not in abstract and c.__module__.startswith("ebmm_tf.baselines")
     }
     assert baselines <= set(REGISTRY), f"baselines without a conformance entry: {baselines - set(REGISTRY)}"
-    assert len(baselines) == 5 and len(networks) == 4
+    assert len(baselines) == 6 and len(networks) == 4
 
 
 def _inputs(name, n=3, seed=1):
@@ -147,7 +157,7 @@ def test_the_memory_contract(name):
     loss, per_step = model.reconstruction_loss(patterns, iterates)
     assert per_step.shape == (len(iterates),)
     np.testing.assert_allclose(float(loss), float(np.sum(per_step)), rtol=1e-6)
-    assert (model.memory_size() == 0) == (name == "DenoisingAutoEncoder")  # the autoencoder stores nothing
+    assert (model.memory_size() == 0) == (name in WRITE_NOTHING)  # the autoencoders store nothing
     if name in EBMM:  # the written state is the writable weights
         assert model.memory_size() == state.memory_size()
     with pytest.raises(TypeError, match="not an associative memory"):
@@ -263,7 +273,7 @@ def test_exported_signatures_match_in_a_fresh_process(names, tmp_path):
     assert sorted(got) == sorted(names)
     for name in names:
         assert got[name]["signatures"] == signatures[name], name
-        assert ("recall" in got[name]) == (name != "DenoisingAutoEncoder"), name  # the autoencoder writes nothing
+        assert ("recall" in got[name]) == (name not in WRITE_NOTHING), name  # the autoencoders write nothing
         for key in ("write_and_recall", "recall"):
             if key in got[name]:
                 np.testing.assert_allclose(

@@ -1,0 +1,223 @@
+"""The image baselines of Table 2: the variational autoencoder (ELBO, energy and attractor read against hand
+computations, training through the meta-training loop, the read-rate grid search) and Deep Image Prior (mask
+handling, reset between images, shapes, the evaluation record)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gin
+from ebmm_tf import contract, trainer
+from ebmm_tf import run as run_lib
+from ebmm_tf.baselines.deep_image_prior import DeepImagePrior, Hourglass, evaluate_dip
+from ebmm_tf.baselines.networks import ConvAutoEncoder
+from ebmm_tf.baselines.vae import VariationalAutoEncoder, tune_read_rate, with_read_rate
+from ebmm_tf.meta import MetaLearner, meta_loss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _vae(likelihood="bernoulli", shape=(8, 8, 1), dtype="float64", **kw):
+    tf.keras.utils.set_random_seed(3)
+    net = ConvAutoEncoder(shape, channels=2, encoding_size=6, dtype=dtype)
+    return VariationalAutoEncoder(net, likelihood=likelihood, dtype=dtype, **kw)
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_negative_elbo_matches_a_hand_computation(likelihood):
+    model = _vae(likelihood, shape=(8, 8, 1) if likelihood == "bernoulli" else (8, 8, 3))
+    rng = np.random.default_rng(0)
+    shape = (4,) + model.pattern_shape
+    x = (rng.random(shape) < 0.3).astype(np.float64) if likelihood == "bernoulli" else rng.random(shape)
+    eps = rng.normal(size=(4, 6))
+    if likelihood == "gaussian":
+        model.log_scale.assign(-0.7)
+    nll, kl = (t.numpy() for t in model.negative_elbo(tf.constant(x), tf.constant(eps)))
+    mu, log_var = (t.numpy() for t in model.posterior(tf.constant(x)))
+    z = mu + np.exp(0.5 * log_var) * eps
+    logits = model.network.decode(tf.constant(z)).numpy().reshape(4, -1)
+    flat = x.reshape(4, -1)
+    if likelihood == "bernoulli":
+        p = _sigmoid(logits)
+        want_nll = -np.sum(flat * np.log(p) + (1 - flat) * np.log(1 - p), axis=1)
+    else:
+        mean, s = _sigmoid(logits), np.exp(-0.7)
+        want_nll = np.sum(0.5 * ((flat - mean) / s) ** 2 + np.log(s) + 0.5 * np.log(2 * np.pi), axis=1)
+    want_kl = 0.5 * np.sum(mu**2 + np.exp(log_var) - 1 - log_var, axis=1)
+    np.testing.assert_allclose(nll, want_nll, rtol=1e-10)
+    np.testing.assert_allclose(kl, want_kl, rtol=1e-10)
+    # the energy of A.3: -log N(z | 0, I) - log p(x | z)
+    energy = model.energy_xz(tf.constant(x), tf.constant(z)).numpy()
+    np.testing.assert_allclose(energy, want_nll + 0.5 * np.sum(z**2, 1) + 3 * np.log(2 * np.pi), rtol=1e-10)
+
+
+def test_attractor_read_takes_the_energy_gradient_in_z_and_the_exact_x_minimiser():
+    model = _vae("bernoulli", read_steps=2, read_rate=0.05)
+    rng = np.random.default_rng(1)
+    q = (rng.random((3, 8, 8, 1)) < 0.4).astype(np.float64)
+    iterates = model.read(model.write(q), q)
+    assert len(iterates) == 2
+    # by hand: z_0 = mu(q); z_1 = z_0 - gamma dE/dz (central differences); x_1 = 1[logits(z_1) > 0]
+    z = model.posterior(tf.constant(q))[0].numpy()
+    x = q
+    for it in iterates:
+        grad = np.zeros_like(z)
+        for j in range(z.shape[1]):
+            dz = np.zeros_like(z)
+            dz[:, j] = 1e-6
+            up = model.energy_xz(tf.constant(x), tf.constant(z + dz)).numpy()
+            down = model.energy_xz(tf.constant(x), tf.constant(z - dz)).numpy()
+            grad[:, j] = (up - down) / 2e-6
+        z = z - 0.05 * grad
+        x = (model.network.decode(tf.constant(z)).numpy() > 0).astype(np.float64)
+        np.testing.assert_array_equal(it.numpy(), x)
+    # the Gaussian minimiser is the decoder's mean, inside the data range
+    g = _vae("gaussian", shape=(8, 8, 3), read_steps=1, data_range=(-1.0, 1.0))
+    y = rng.uniform(-1, 1, size=(2, 8, 8, 3))
+    out = g.recall(g.write(y), y).numpy()
+    assert out.min() >= -1 and out.max() <= 1 and len(np.unique(out)) > 10
+
+
+def test_vae_arguments_are_checked():
+    with pytest.raises(ValueError, match="likelihood"):
+        _vae("poisson")
+    with pytest.raises(ValueError, match="read_rate"):
+        _vae(read_rate=0.0)
+    with pytest.raises(ValueError, match="read_steps"):
+        _vae(read_steps=0)
+    with pytest.raises(ValueError, match="shape"):
+        _vae().read(None, np.zeros((2, 4, 4, 1)))
+
+
+def test_meta_training_loop_optimises_the_elbo():
+    model = _vae("bernoulli", dtype="float32")
+    assert isinstance(model, contract.OwnObjective) and model.memory_size() == 0
+    rng = np.random.default_rng(2)
+    x = (rng.random((6, 8, 8, 1)) < 0.3).astype(np.float32)
+    ep = {"patterns": tf.constant(x), "queries": tf.constant(x)}
+    loss, aux = meta_loss(model, ep)
+    assert aux["per_step"].shape == (2,)  # -log p(x | z), KL
+    np.testing.assert_allclose(float(loss), float(np.sum(aux["per_step"])), rtol=1e-6)
+    learner = MetaLearner(model, learning_rate=3e-3, clip_norm=None)
+    tf.random.set_seed(0)
+    first = [float(learner.train_step(ep)["loss"]) for _ in range(3)]
+    for _ in range(60):
+        learner.train_step(ep)
+    last = [float(learner.train_step(ep)["loss"]) for _ in range(3)]
+    assert np.mean(last) < 0.8 * np.mean(first), (first, last)
+
+
+def _vae_run(tmp_path, steps=4):
+    gin.clear_config()
+    run_lib.parse_gin(
+        [os.path.join(ROOT, "gin", "baselines", "omniglot_vae_cpu.gin")],
+        [
+            "Experiment.source = 'sklearn_digits'",
+            "Experiment.num_patterns = 4",
+            "ConvAutoEncoder.channels = 2",
+            "ConvAutoEncoder.encoding_size = 8",
+            "VariationalAutoEncoder.read_steps = 3",
+            f"Experiment.num_steps = {steps}",
+            "Experiment.validation_every = 2",
+            "Experiment.validation_episodes = 2",
+            "Experiment.checkpoint_every = 2",
+            "Experiment.image_every = 0",
+            "Experiment.log_every = 2",
+        ],
+    )
+    workdir = str(tmp_path / "vae")
+    trainer.Experiment(workdir=workdir).run()
+    gin.clear_config()
+    return workdir
+
+
+def test_vae_gin_file_trains_and_the_read_rate_grid_uses_validation(tmp_path):
+    workdir = _vae_run(tmp_path)
+    record = tune_read_rate(workdir, [0.01, 0.5], num_batches=2, progress=False)
+    assert record["split"] == "validation" and record["seed"] == run_lib.DEFAULTS["validation_seed"]
+    assert [g["read_rate"] for g in record["grid"]] == [0.01, 0.5]
+    best = min(record["grid"], key=lambda g: g["mean"])["read_rate"]
+    assert record["chosen_read_rate"] == best
+    saved = json.load(open(os.path.join(workdir, "read_rate_grid.json")))
+    assert saved["chosen_read_rate"] == best
+    from ebmm_tf import rundir
+
+    loaded = rundir.load_saved_model(record["checkpoint"])
+    assert isinstance(loaded, VariationalAutoEncoder) and loaded.read_rate == best
+    copy = with_read_rate(loaded, 0.2)
+    assert copy.read_rate == 0.2 and all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), loaded.get_weights()))
+    with pytest.raises(ValueError, match="positive"):
+        tune_read_rate(workdir, [-1.0])
+
+
+# ====================================================================== Deep Image Prior
+def _dip(**kw):
+    args = dict(pattern_shape=(8, 8, 1), channels=4, levels=2, skip_channels=2, noise_channels=3, steps=5)
+    args.update(kw)
+    return DeepImagePrior(**args)
+
+
+def test_dip_fits_only_the_known_pixels_and_keeps_them():
+    dip = _dip()
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 8, 1)).astype(np.float32)
+    corrupted = np.zeros_like(x)
+    corrupted[2:6, 1:5] = 1
+    q1, q2 = x.copy(), x.copy()
+    q1[corrupted == 1] = rng.random(16)
+    q2[corrupted == 1] = 1.0 - q1[corrupted == 1]
+    r1, loss1 = dip.restore(q1, corrupted)
+    r2, loss2 = dip.restore(q2, corrupted)
+    # the fit never looks inside the block: same result whatever the block holds (and a fresh start each time)
+    np.testing.assert_array_equal(r1, r2)
+    assert loss1 == loss2
+    np.testing.assert_array_equal(r1[corrupted == 0], x[corrupted == 0])  # known pixels are the query's
+    assert not np.allclose(r1[corrupted == 1], q1[corrupted == 1])
+    # more updates fit the known pixels better
+    short = _dip(steps=2, reg_noise_std=0.0).restore(q1, corrupted)[1]
+    long = _dip(steps=60, reg_noise_std=0.0).restore(q1, corrupted)[1]
+    assert long < short
+
+
+def test_dip_shapes_and_errors():
+    dip = _dip(pattern_shape=(8, 8))
+    out, _ = dip.restore(np.zeros((8, 8), np.float32), np.ones((8, 8), np.float32))
+    assert out.shape == (8, 8) and np.all((out >= 0) & (out <= 1))
+    with pytest.raises(ValueError, match="shape"):
+        dip.restore(np.zeros((8, 7)), np.zeros((8, 7)))
+    with pytest.raises(ValueError, match="NaN"):
+        dip.restore(np.full((8, 8), np.nan), np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="levels"):
+        Hourglass((8, 8, 1), levels=4)
+    with pytest.raises(ValueError, match="steps"):
+        _dip(steps=0)
+    ranged = _dip(data_range=(-1.0, 1.0), steps=1)
+    out, _ = ranged.restore(np.zeros((8, 8, 1), np.float32), np.ones((8, 8, 1), np.float32))
+    assert out.min() >= -1 and out.max() <= 1 and out.min() < 0
+
+
+def test_dip_evaluation_record():
+    gin.clear_config()
+    run_lib.parse_gin(
+        [os.path.join(ROOT, "gin", "baselines", "imagenet64_dip_cpu.gin")],
+        [
+            "Experiment.source = 'sklearn_digits'",
+            "BlockNoise.size = 16",
+            "DeepImagePrior.steps = 3",
+            "DeepImagePrior.channels = 4",
+            "DeepImagePrior.levels = 2",
+        ],
+    )
+    record = evaluate_dip(num_images=2, progress=False)
+    gin.clear_config()
+    assert record["num_images"] == 2 and len(record["errors"]) == 2 and record["steps"] == 3
+    assert record["split"] == "test" and record["metric"] in ("hamming", "squared")
+    np.testing.assert_allclose(record["mean"], np.mean(record["errors"]))
+    assert all(q > 0 for q in record["query_errors"]) and all(np.isfinite(record["errors"]))
