@@ -172,7 +172,7 @@ def find_saved_model(workdir, which="auto"):
 def register_model_classes() -> None:
     """Imports every module whose Keras classes a saved model may contain (EBMM and the learned baselines)."""
     import ebmm_tf  # noqa: F401  (energies, EnergyMemory)
-    from ebmm_tf.baselines import autoencoder, deep_image_prior, memnet, recurrent, vae  # noqa: F401
+    from ebmm_tf.baselines import autoencoder, deep_image_prior, kanerva, memnet, recurrent, vae  # noqa: F401
 
 
 def load_saved_model(path):

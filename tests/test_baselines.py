@@ -13,6 +13,7 @@ import tensorflow as tf
 from ebmm_tf import evaluate, trainer
 from ebmm_tf import run as run_lib
 from ebmm_tf.baselines.autoencoder import DenoisingAutoEncoder, denoising_autoencoder
+from ebmm_tf.baselines.kanerva import DynamicKanervaMachine
 from ebmm_tf.baselines.memnet import MemoryNetwork, memory_network
 from ebmm_tf.baselines.networks import ConvAutoEncoder, DenseAutoEncoder
 from ebmm_tf.baselines.recurrent import SequentialBaseline
@@ -165,9 +166,12 @@ def test_every_baseline_gin_file_parses_strictly_and_builds(path, tmp_path):
         assert field in header, f"{path}: the header must state '{field}'"
     run_lib.parse_gin([path], ["Experiment.validation_episodes = 1", "Experiment.progress = False"])
     exp = trainer.Experiment(workdir=str(tmp_path), data_dir=DATA_DIR)
-    assert isinstance(exp.memory, (DenoisingAutoEncoder, MemoryNetwork, SequentialBaseline, VariationalAutoEncoder))
+    kinds = (DenoisingAutoEncoder, MemoryNetwork, SequentialBaseline, VariationalAutoEncoder, DynamicKanervaMachine)
+    assert isinstance(exp.memory, kinds)
     if isinstance(exp.memory, SequentialBaseline):  # Table 1's recurrent baselines: within its budget
         assert 0 < exp.memory.memory_size() <= 8256
+    elif isinstance(exp.memory, DynamicKanervaMachine):  # written mean and row covariance
+        assert exp.memory.memory_size() == exp.memory.num_slots * (exp.memory.code_size + exp.memory.num_slots)
     elif isinstance(exp.memory, MemoryNetwork):
         assert exp.memory.memory_size() == exp.memory.num_slots * exp.memory.slot_size > 0
         assert exp.memory.num_slots >= exp.num_patterns

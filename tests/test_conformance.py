@@ -22,6 +22,7 @@ import ebmm_tf
 from ebmm_tf import contract, energies
 from ebmm_tf.baselines import base as baselines_base
 from ebmm_tf.baselines.autoencoder import DenoisingAutoEncoder
+from ebmm_tf.baselines.kanerva import DynamicKanervaMachine
 from ebmm_tf.baselines.memnet import MemoryNetwork
 from ebmm_tf.baselines.networks import ConvAutoEncoder
 from ebmm_tf.baselines.recurrent import MANN, DifferentiablePlasticity, LSTMMemory, SequentialBaseline
@@ -69,8 +70,14 @@ REGISTRY = {
         (0.0, 1.0),
         False,
     ),
-    # Gaussian likelihood: its read has no threshold, so graph and eager agree to rounding (test_image_baselines.py
-    # checks the Bernoulli read against a hand computation)
+    "DynamicKanervaMachine": (
+        lambda: DynamicKanervaMachine(_small_conv_autoencoder(), num_slots=4, read_steps=2, likelihood="gaussian"),
+        (8, 8, 1),
+        (0.0, 1.0),
+        False,
+    ),
+    # Gaussian likelihood (also the Kanerva Machine's above): its read has no threshold, so graph and eager agree
+    # to rounding (tests/test_image_baselines.py checks the Bernoulli read against a hand computation)
     "VariationalAutoEncoder": (
         lambda: VariationalAutoEncoder(_small_conv_autoencoder(), likelihood="gaussian", read_steps=3),
         (8, 8, 1),
@@ -118,7 +125,7 @@ def test_the_registry_covers_every_model():
         if c not in abstract and c.__module__.startswith("ebmm_tf.baselines")
     }
     assert baselines <= set(REGISTRY), f"baselines without a conformance entry: {baselines - set(REGISTRY)}"
-    assert len(baselines) == 6 and len(networks) == 4
+    assert len(baselines) == 7 and len(networks) == 4
 
 
 def _inputs(name, n=3, seed=1):

@@ -13,6 +13,7 @@ import gin
 from ebmm_tf import contract, trainer
 from ebmm_tf import run as run_lib
 from ebmm_tf.baselines.deep_image_prior import DeepImagePrior, Hourglass, evaluate_dip
+from ebmm_tf.baselines.kanerva import DynamicKanervaMachine, posterior_update, ridge_addresses
 from ebmm_tf.baselines.networks import ConvAutoEncoder
 from ebmm_tf.baselines.vae import VariationalAutoEncoder, tune_read_rate, with_read_rate
 from ebmm_tf.meta import MetaLearner, meta_loss
@@ -221,3 +222,76 @@ def test_dip_evaluation_record():
     assert record["split"] == "test" and record["metric"] in ("hamming", "squared")
     np.testing.assert_allclose(record["mean"], np.mean(record["errors"]))
     assert all(q > 0 for q in record["query_errors"]) and all(np.isfinite(record["errors"]))
+
+
+# ====================================================================== Dynamic Kanerva Machine
+def test_dkm_posterior_update_is_the_closed_form_bayesian_least_squares():
+    rng = np.random.default_rng(0)
+    k, c, t, s2 = 5, 3, 4, 0.3
+    r0, e, w = rng.normal(size=(k, c)), rng.normal(size=(t, c)), rng.normal(size=(t, k))
+    u0 = np.diag(rng.uniform(0.5, 2.0, size=k))
+    mean, cov = (
+        a.numpy() for a in posterior_update(tf.constant(r0), tf.constant(u0), tf.constant(w), tf.constant(e), s2)
+    )
+    # information form: precision U^-1 = U0^-1 + W^T W / s2, mean U (U0^-1 R0 + W^T E / s2)
+    precision = np.linalg.inv(u0) + w.T @ w / s2
+    want_cov = np.linalg.inv(precision)
+    want_mean = want_cov @ (np.linalg.inv(u0) @ r0 + w.T @ e / s2)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cov, want_cov, rtol=1e-10, atol=1e-12)
+    # noiseless limit with T < K: the written mean reproduces every code (W R = E), the smallest such change of
+    # R_0 in U_0's metric (the least-squares solution)
+    mean0 = posterior_update(tf.constant(r0), tf.constant(u0), tf.constant(w), tf.constant(e), 1e-10)[0].numpy()
+    np.testing.assert_allclose(w @ mean0, e, atol=1e-6)
+    want = r0 + u0 @ w.T @ np.linalg.solve(w @ u0 @ w.T, e - w @ r0)
+    np.testing.assert_allclose(mean0, want, atol=1e-6)
+
+
+def test_dkm_addresses_and_memory_kl_match_hand_computations():
+    rng = np.random.default_rng(1)
+    r, e, s2 = rng.normal(size=(4, 3)), rng.normal(size=(2, 3)), 0.2
+    w = ridge_addresses(tf.constant(e), tf.constant(r), s2).numpy()
+    for i in range(2):  # argmin_w ||e - w R||^2 + s2 ||w||^2 by the normal equations
+        np.testing.assert_allclose(w[i], np.linalg.solve(r @ r.T + s2 * np.eye(4), r @ e[i]), rtol=1e-10)
+    model = DynamicKanervaMachine(
+        ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=3, dtype="float64"),
+        num_slots=4,
+        dtype="float64",
+        jitter=0.0,
+    )
+    model.prior_log_var.assign(rng.normal(scale=0.3, size=4))
+    r0, u0 = (a.numpy() for a in model.prior(tf.float64))
+    a = rng.normal(size=(4, 4))
+    u = a @ a.T + 0.5 * np.eye(4)
+    m = rng.normal(size=(4, 3))
+    got = float(model.memory_kl(tf.constant(m), tf.constant(u)))
+    u0i = np.linalg.inv(u0)
+    want = 0.5 * (
+        3 * np.trace(u0i @ u)
+        + np.trace((m - r0).T @ u0i @ (m - r0))
+        - 12
+        + 3 * (np.linalg.slogdet(u0)[1] - np.linalg.slogdet(u)[1])
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    np.testing.assert_allclose(float(model.memory_kl(tf.constant(r0), tf.constant(u0))), 0.0, atol=1e-12)
+
+
+def test_dkm_write_read_and_training():
+    tf.keras.utils.set_random_seed(0)
+    model = DynamicKanervaMachine(ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=6), num_slots=8, read_steps=2)
+    assert isinstance(model, contract.OwnObjective) and model.memory_size() == 8 * 6 + 64
+    x = (np.random.default_rng(2).random((4, 8, 8, 1)) < 0.3).astype(np.float32)
+    state = model.write(x)
+    assert state.weights["mean"].shape == (8, 6) and state.weights["row_cov"].shape == (8, 8)
+    assert np.all(np.linalg.eigvalsh(state.weights["row_cov"].numpy()) > -1e-5)  # a covariance
+    iterates = model.read(state, x)
+    assert len(iterates) == 2 and set(np.unique(iterates[-1].numpy())) <= {0.0, 1.0}
+    ep = {"patterns": tf.constant(x), "queries": tf.constant(x)}
+    learner = MetaLearner(model, learning_rate=3e-3, clip_norm=None)
+    first = [float(learner.train_step(ep)["loss"]) for _ in range(3)]
+    for _ in range(60):
+        learner.train_step(ep)
+    last = [float(learner.train_step(ep)["loss"]) for _ in range(3)]
+    assert np.mean(last) < 0.8 * np.mean(first), (first, last)
+    with pytest.raises(ValueError, match="likelihood"):
+        DynamicKanervaMachine(ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=6), likelihood="x")
