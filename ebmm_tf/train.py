@@ -31,6 +31,12 @@ flags.DEFINE_integer(
     "ops run concurrently; 1 (default): same-seed runs agree bit for bit much longer (docs/performance.md, "
     "Reproducibility); 0: TensorFlow's default",
 )
+flags.DEFINE_string(
+    "xla_cache_dir",
+    "auto",
+    "persistent cache of XLA-compiled meta-steps, so a machine compiles each once: 'auto' = "
+    "~/.cache/ebmm_tf/xla/<machine key>, a path, or '' for none (ebmm_tf/xla_cache.py)",
+)
 FLAGS = flags.FLAGS
 
 
@@ -40,7 +46,15 @@ def main(argv):
     if not FLAGS.gin_file:
         raise app.UsageError("give at least one --gin_file (see the gin/ folder)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ebmm_tf import xla_cache
+
+    # normally set already by the __main__ block (from sys.argv, before absl starts); here for main() called
+    # from Python, where it may come too late for TensorFlow to see it (then it is only unused)
+    cache = xla_cache.configure(FLAGS.xla_cache_dir)
     import tensorflow as tf
+
+    if cache:
+        logging.getLogger("ebmm_tf").info("XLA compilation cache: %s", cache)
 
     if FLAGS.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
@@ -65,6 +79,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from ebmm_tf import xla_cache
     from ebmm_tf.cli import run_absl
+
+    # TensorFlow reads TF_XLA_FLAGS once, and (measured) already during absl's start-up: set it from argv first
+    xla_cache.configure(xla_cache.directory_from_argv(__import__("sys").argv))
 
     run_absl(main, "python -m ebmm_tf.train")
