@@ -25,8 +25,8 @@ Reading is A.3's attractor dynamics on the energy ``E(x, z) = -log N(z | 0, I) -
 where the minimiser is analytic: the Bernoulli mode (``hi`` where ``logits > 0``, else ``lo``) or the Gaussian
 mean. ``gamma`` is ``read_rate``; the paper used 50 / 100 / 200 iterations for Omniglot / CIFAR / ImageNet with a
 grid search over ``gamma``: ``python -m ebmm_tf.baselines.vae --workdir=DIR --rates=...`` makes it on the run's
-validation split and stores the chosen rate in the run's saved model (``tune_read_rate``). Each ``x_t`` is one read
-iterate. ``write`` stores nothing (memory size 0).
+validation split and stores the chosen rate in the run's saved model (``tune_read_rate``). ``read`` returns the
+last iterate ``x_T`` only (a symbolic loop). ``write`` stores nothing (memory size 0).
 
 Paper numbers (Table 2): 25% block noise 109.08 (Omniglot, Hamming) / 544.72 (CIFAR-10) / 1889.79 (ImageNet 64x64,
 squared error); 15% salt and pepper 84.08 / 430.33 / 1385.29.
@@ -150,21 +150,31 @@ class VariationalAutoEncoder(BaselineMemory):
         return MemoryState({})
 
     def read(self, state: MemoryState, queries, mask=None):
-        """Attractor dynamics from ``(x~, mu(x~))``; returns the ``read_steps`` iterates ``x_1 ... x_T``."""
+        """Attractor dynamics from ``(x~, mu(x~))``; returns ``[x_T]``, the last of the ``read_steps`` iterates
+        (the loop is symbolic, so the intermediate iterates are not kept)."""
         del state
         x = self.project(self._cast(queries, "queries"))
         clamp = self._clamp_fn(x, mask)
         z, _ = self.posterior(x)
         rate = tf.cast(self.read_rate, z.dtype)
-        iterates = []
-        for _ in range(self.read_steps):
+
+        def step(x, z):
             with tf.GradientTape() as tape:
                 tape.watch(z)
                 energy = tf.reduce_sum(self.energy_xz(x, z))
             z = z - rate * tape.gradient(energy, z)
-            x = clamp(self.decode_mode(z))
-            iterates.append(x)
-        return iterates
+            return clamp(self.decode_mode(z)), z
+
+        # a symbolic loop: 50-200 unrolled decoder gradients make a graph that takes minutes to trace
+        x, z = step(x, z)
+        if self.read_steps > 1:
+            x, z = tf.while_loop(
+                lambda i, x, z: i < self.read_steps - 1,
+                lambda i, x, z: (i + 1, *step(x, z)),
+                (tf.constant(0), x, z),
+                maximum_iterations=self.read_steps - 1,
+            )[1:]
+        return [x]
 
     def get_config(self):
         config = super().get_config()
