@@ -208,7 +208,29 @@ def test_dip_shapes_and_errors():
     assert out.min() >= -1 and out.max() <= 1 and out.min() < 0
 
 
-def test_dip_evaluation_record():
+def test_dip_layers_start_from_different_weights_and_the_all_pixels_mode_fits_everything():
+    dip = _dip(levels=2)
+    kernels = [v.numpy() for v in dip.generator.trainable_variables if v.ndim == 4]
+    by_shape = {}
+    for k in kernels:
+        by_shape.setdefault(k.shape, []).append(k)
+    assert any(len(ks) > 1 for ks in by_shape.values())  # layers of equal shape exist ...
+    for ks in by_shape.values():  # ... and none starts where another does
+        for i in range(len(ks)):
+            for j in range(i):
+                assert not np.array_equal(ks[i], ks[j])
+    x = np.random.default_rng(3).random((8, 8, 1)).astype(np.float32)
+    corrupted = np.zeros_like(x)
+    corrupted[:4] = 1
+    everything = _dip(known_pixels="all", steps=3)
+    assert np.all(everything.known_mask(corrupted) == 1)
+    out, _ = everything.restore(x, corrupted)
+    assert not np.allclose(out[corrupted == 0], x[corrupted == 0])  # g(u) everywhere, nothing copied
+    with pytest.raises(ValueError, match="known_pixels"):
+        _dip(known_pixels="block")
+
+
+def test_dip_evaluation_record_replays_image_by_image():
     gin.clear_config()
     run_lib.parse_gin(
         [os.path.join(ROOT, "gin", "baselines", "imagenet64_dip_cpu.gin")],
@@ -221,11 +243,23 @@ def test_dip_evaluation_record():
         ],
     )
     record = evaluate_dip(num_images=2, progress=False)
+    # the same images, distortions and fits by hand: the test split's first episode of the evaluation stream
+    from ebmm_tf import evaluate as evaluate_lib
+    from ebmm_tf import metrics as metrics_lib
+
+    task = run_lib.config_from_gin().task.with_num_patterns(2)
+    ep = next(iter(task.episodes("test", evaluate_lib.EVAL_SEED)))
+    dip = DeepImagePrior(pattern_shape=task.pattern_shape, data_range=task.data_range)
     gin.clear_config()
-    assert record["num_images"] == 2 and len(record["errors"]) == 2 and record["steps"] == 3
-    assert record["split"] == "test" and record["metric"] in ("hamming", "squared")
-    np.testing.assert_allclose(record["mean"], np.mean(record["errors"]))
-    assert all(q > 0 for q in record["query_errors"]) and all(np.isfinite(record["errors"]))
+    assert record["num_images"] == 2 and record["steps"] == 3 and record["split"] == "test"
+    for i in range(2):
+        restored, _ = dip.restore(ep["queries"][i].numpy(), ep["corrupted"][i].numpy(), index=i)
+        outside = ep["corrupted"][i].numpy() == 0
+        np.testing.assert_array_equal(restored[outside], ep["patterns"][i].numpy()[outside])  # known = original
+        want = metrics_lib.per_pattern_error(task.source, ep["patterns"][i : i + 1], restored[None])
+        np.testing.assert_allclose(record["errors"][i], float(np.asarray(want)[0]), rtol=1e-6)
+        q = metrics_lib.per_pattern_error(task.source, ep["patterns"][i : i + 1], ep["queries"][i : i + 1])
+        np.testing.assert_allclose(record["query_errors"][i], float(np.asarray(q)[0]), rtol=1e-6)
 
 
 # ====================================================================== Dynamic Kanerva Machine

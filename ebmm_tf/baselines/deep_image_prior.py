@@ -70,9 +70,11 @@ class Hourglass(keras.Model):
         if levels < 1 or min(h, w) < 2**levels:
             raise ValueError(f"levels must be >= 1 and the image ({h}x{w}) at least 2**levels wide, got {levels}")
         self.pattern_shape, self.levels = (h, w, c), int(levels)
-        init = keras.initializers.HeNormal(seed=seed)
+        counter = iter(range(10**6))
 
         def conv(filters, k, stride=1):
+            # one seed per layer: an initializer seeded with an int draws the same values at every call
+            init = keras.initializers.HeNormal(seed=int(seed) * 1000 + next(counter))
             return keras.layers.Conv2D(filters, k, strides=stride, padding="same", kernel_initializer=init)
 
         act = keras.layers.LeakyReLU(negative_slope=0.2)
@@ -110,6 +112,10 @@ class DeepImagePrior:
       learning_rate: Adam's learning rate (original inpainting: 0.01).
       reg_noise_std: standard deviation of the per-step perturbation of the generator's input (original: 1/30).
       seed: seeds the generator's initialisation and each image's input (``seed + image index``).
+      known_pixels: ``"uncorrupted"`` (the fit sees only the pixels the distortion left intact: the block's
+        location is given, as in Table 2's block-noise cell) or ``"all"`` (the fit sees the whole distorted image
+        and the output is ``g(u)`` everywhere: plain denoising, our reading of the salt-and-pepper cell, which
+        carries no "location given" mark).
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class DeepImagePrior:
         learning_rate=0.01,
         reg_noise_std=1.0 / 30.0,
         seed=0,
+        known_pixels="uncorrupted",
     ):
         shape = tuple(int(d) for d in pattern_shape)
         if len(shape) == 2:
@@ -134,6 +141,9 @@ class DeepImagePrior:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        if known_pixels not in ("uncorrupted", "all"):
+            raise ValueError(f"known_pixels must be 'uncorrupted' or 'all', got {known_pixels!r}")
+        self.known_pixels = known_pixels
         lo, hi = (float(v) for v in data_range)
         if not lo < hi:
             raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
@@ -174,8 +184,10 @@ class DeepImagePrior:
             v.assign(value)
 
     def known_mask(self, corrupted):
-        """``1 - corrupted`` as ``[1, H, W, C]`` float32 (the pixels the fit may look at)."""
+        """The pixels the fit may look at, ``[1, H, W, C]`` float32: ``1 - corrupted``, or all of them."""
         m = 1.0 - np.asarray(corrupted, np.float32)
+        if self.known_pixels == "all":
+            m = np.ones_like(m)
         return m.reshape((1,) + self.input_shape)
 
     def restore(self, query, corrupted, index=0, callback=None):
@@ -204,14 +216,16 @@ class DeepImagePrior:
             if callback is not None and (step + 1) % 100 == 0:
                 callback(step + 1, float(loss))
         out = self._output(u).numpy()
-        restored = known * target.numpy() + (1.0 - known) * out
+        # the known pixels are the query's; with known_pixels="all" nothing is known: g(u) everywhere
+        restored = out if self.known_pixels == "all" else known * target.numpy() + (1.0 - known) * out
         restored = restored.reshape(q.shape)
         return restored, float(loss)
 
 
 def evaluate_dip(num_images=20, split="test", seed=None, data_dir=None, progress=True):
     """Runs the parsed gin configuration's protocol (``Experiment.source``, ``distortion``) with Deep Image Prior
-    on the first ``num_images`` images of one episode of ``split`` (evaluation seed stream); returns the record.
+    on one episode of ``num_images`` images of ``split`` (the evaluation seed stream; the protocol's N plays no
+    role, each image is restored alone); returns the record.
 
     Record: per-image errors (Hamming after binarisation for binary sources, squared error otherwise: the
     evaluation's metric), their mean, p5 / p95 over images, the queries' errors, per-image fit time and loss.
@@ -264,6 +278,7 @@ def evaluate_dip(num_images=20, split="test", seed=None, data_dir=None, progress
         "fit_loss": losses,
         "seconds_per_image": seconds,
         "steps": dip.steps,
+        "known_pixels": dip.known_pixels,
         "generator": {
             "parameters": int(sum(np.prod(v.shape) for v in dip.generator.trainable_variables)),
             "levels": dip.generator.levels,

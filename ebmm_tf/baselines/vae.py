@@ -92,7 +92,8 @@ class VariationalAutoEncoder(BaselineMemory):
     def posterior(self, x):
         """``x [B, *pattern_shape] -> (mu [B, L], log sigma^2 [B, L])`` of ``q(z | x)``."""
         h = self.network.encode(x)
-        return self.mean_head(h), self.log_var_head(h)
+        # log sigma^2 clipped to [-12, 8]: exp() stays finite whatever the head outputs early in training
+        return self.mean_head(h), tf.clip_by_value(self.log_var_head(h), -12.0, 8.0)
 
     def _unit(self, x):
         lo, hi = self.data_range
@@ -248,6 +249,7 @@ def tune_read_rate(workdir, rates, num_batches=20, data_dir=None, progress=True)
             split=split,
             data_dir=data_dir or protocol.data_dir,
             progress=progress,
+            memory_use=False,  # nothing is written: the diagnostics would only double the reads
         )
         grid.append(
             {
@@ -256,7 +258,6 @@ def tune_read_rate(workdir, rates, num_batches=20, data_dir=None, progress=True)
                 "p5": result["p5"],
                 "p95": result["p95"],
                 "query_mean": result["query_mean"],
-                "memory_gain": result.get("memory_gain"),
                 "seconds": time.time() - start,
             }
         )
@@ -274,7 +275,7 @@ def tune_read_rate(workdir, rates, num_batches=20, data_dir=None, progress=True)
         "chosen_read_rate": best["read_rate"],
         "grid": grid,
     }
-    with_read_rate(model, best["read_rate"]).save(path)
+    rundir.atomic_save_keras(with_read_rate(model, best["read_rate"]), path)
     rundir.atomic_write_json(os.path.join(workdir, "read_rate_grid.json"), record)
     print(f"chosen read_rate {best['read_rate']:g} (validation {best['mean']:.3f}); saved to {path}")
     return record
