@@ -333,3 +333,38 @@ def test_dkm_write_read_and_training():
     assert np.mean(last) < 0.8 * np.mean(first), (first, last)
     with pytest.raises(ValueError, match="likelihood"):
         DynamicKanervaMachine(ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=6), likelihood="x")
+
+
+def test_the_two_clis_run_from_a_fresh_process(tmp_path):
+    """``python -m ebmm_tf.baselines.run_dip`` (the gin file imports the model module by name) and the VAE grid's
+    ``--help``: modules of their own, so gin never sees a configurable twice."""
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "dip")
+    cmd = [
+        sys.executable,
+        "-m",
+        "ebmm_tf.baselines.run_dip",
+        f"--gin_file={os.path.join(ROOT, 'gin', 'baselines', 'imagenet64_dip_cpu.gin')}",
+        "--gin_param=Experiment.source = 'sklearn_digits'",
+        "--gin_param=BlockNoise.size = 16",
+        "--gin_param=DeepImagePrior.steps = 2",
+        "--gin_param=DeepImagePrior.channels = 4",
+        "--gin_param=DeepImagePrior.levels = 2",
+        "--num_images=1",
+        f"--output={out}",
+        "--noprogress",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.load(open(out + ".json"))
+    assert record["num_images"] == 1 and os.path.exists(out + ".md")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ebmm_tf.baselines.tune_vae", "--workdir=/nonexistent"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2 and "No saved model in /nonexistent" in proc.stderr, proc.stderr[-2000:]

@@ -25,7 +25,7 @@ arrays (or ``[H, W]`` for single-channel images).
 
 CLI (evaluates on the test split of the gin file's protocol, writes a JSON and markdown record)::
 
-    python -m ebmm_tf.baselines.deep_image_prior --gin_file=gin/baselines/imagenet64_dip_cpu.gin \
+    python -m ebmm_tf.baselines.run_dip --gin_file=gin/baselines/imagenet64_dip_cpu.gin \
         --num_images=20 --data_dir=../shared/data --output=runs/dip_imagenet64
 
 Paper numbers (Table 2, ImageNet 64x64, squared error): 25% block noise 170.36, 15% salt and pepper 467.92.
@@ -33,10 +33,8 @@ Paper numbers (Table 2, ImageNet 64x64, squared error): 25% block noise 170.36, 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import sys
 import time
 
 import keras
@@ -45,7 +43,7 @@ import tensorflow as tf
 
 import gin
 
-__all__ = ["DeepImagePrior", "Hourglass", "evaluate_dip"]
+__all__ = ["DeepImagePrior", "Hourglass", "evaluate_dip", "markdown"]
 
 
 class ImageNorm(keras.layers.Layer):
@@ -290,7 +288,7 @@ def evaluate_dip(num_images=20, split="test", seed=None, data_dir=None, progress
     }
 
 
-def _markdown(r):
+def markdown(r):
     return "\n".join(
         [
             f"# Deep Image Prior on {r['source']} ({r['split']}), {r['distortion']}",
@@ -304,45 +302,3 @@ def _markdown(r):
             "",
         ]
     )
-
-
-def main(argv):
-    from absl import flags
-
-    from ebmm_tf import run as run_lib
-
-    del argv
-    f = flags.FLAGS
-    run_lib.parse_gin(f.gin_file, f.gin_param)
-    if f.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(f.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    record = evaluate_dip(f.num_images, f.split, f.seed, f.data_dir, f.progress)
-    record["command"] = " ".join(sys.argv)
-    os.makedirs(os.path.dirname(os.path.abspath(f.output)) or ".", exist_ok=True)
-    with open(f.output + ".json", "w") as fh:
-        json.dump(record, fh, indent=1)
-    with open(f.output + ".md", "w") as fh:
-        fh.write(_markdown(record))
-    print(_markdown(record))
-
-
-def _define_flags():
-    from absl import flags
-
-    flags.DEFINE_multi_string("gin_file", [], "gin file(s) of the protocol (Experiment.source, distortion)")
-    flags.DEFINE_multi_string("gin_param", [], "gin bindings (repeatable)")
-    flags.DEFINE_integer("num_images", 20, "images of the test split to restore, one fit each")
-    flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "data split")
-    flags.DEFINE_integer("seed", None, "episode seed stream (default: the evaluation's)")
-    flags.DEFINE_string("data_dir", None, "dataset directory")
-    flags.DEFINE_string("output", "dip_eval", "output path prefix (.json and .md are written)")
-    flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default)")
-    flags.DEFINE_bool("progress", True, "print one line per image")
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)

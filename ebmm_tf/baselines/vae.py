@@ -24,7 +24,7 @@ Reading is A.3's attractor dynamics on the energy ``E(x, z) = -log N(z | 0, I) -
 
 where the minimiser is analytic: the Bernoulli mode (``hi`` where ``logits > 0``, else ``lo``) or the Gaussian
 mean. ``gamma`` is ``read_rate``; the paper used 50 / 100 / 200 iterations for Omniglot / CIFAR / ImageNet with a
-grid search over ``gamma``: ``python -m ebmm_tf.baselines.vae --workdir=DIR --rates=...`` makes it on the run's
+grid search over ``gamma``: ``python -m ebmm_tf.baselines.tune_vae --workdir=DIR --rates=...`` makes it on the run's
 validation split and stores the chosen rate in the run's saved model (``tune_read_rate``). ``read`` returns the
 last iterate ``x_T`` only (a symbolic loop). ``write`` stores nothing (memory size 0).
 
@@ -279,28 +279,3 @@ def tune_read_rate(workdir, rates, num_batches=20, data_dir=None, progress=True)
     rundir.atomic_write_json(os.path.join(workdir, "read_rate_grid.json"), record)
     print(f"chosen read_rate {best['read_rate']:g} (validation {best['mean']:.3f}); saved to {path}")
     return record
-
-
-def main(argv):
-    from absl import flags
-
-    del argv
-    f = flags.FLAGS
-    tune_read_rate(f.workdir, [float(r) for r in f.rates], f.num_batches, f.data_dir, f.progress)
-
-
-def _define_flags():
-    from absl import flags
-
-    flags.DEFINE_string("workdir", None, "run directory of a trained VariationalAutoEncoder", required=True)
-    flags.DEFINE_list("rates", ["0.01", "0.03", "0.1", "0.3", "1.0"], "read rates gamma to try")
-    flags.DEFINE_integer("num_batches", 20, "validation episodes per rate")
-    flags.DEFINE_string("data_dir", None, "dataset directory (default: the run's)")
-    flags.DEFINE_bool("progress", True, "show a progress bar")
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
