@@ -37,6 +37,7 @@ import tensorflow as tf
 import gin
 from ebmm_tf import (
     configurables,  # noqa: F401  (registers the Keras classes with gin)
+    contract,
     diagnostics,
     distortions,  # noqa: F401  (registers the distortions with gin)
     rundir,
@@ -591,8 +592,10 @@ class Experiment:
         if self.summary_every and step % self.summary_every == 0:
             with self.train_writer.as_default(step=step):
                 tf.summary.scalar("meta_loss/total", loss)
+                # a model with its own objective (contract.OwnObjective) reports the terms of that objective
+                part = "term" if isinstance(self.memory, contract.OwnObjective) else "read_step"
                 for k, v in enumerate(record["per_step"]):
-                    tf.summary.scalar(f"meta_loss/read_step_{k + 1}", v)
+                    tf.summary.scalar(f"meta_loss/{part}_{k + 1}", v)
                 tf.summary.scalar("grad_norm", record["grad_norm"])
                 if isinstance(self.memory, EnergyMemory):
                     self._rate_summaries()
