@@ -171,8 +171,12 @@ def find_saved_model(workdir, which="auto"):
 
 def register_model_classes() -> None:
     """Imports every module whose Keras classes a saved model may contain (EBMM and the learned baselines)."""
-    import ebmm_tf  # noqa: F401  (energies, EnergyMemory)
-    from ebmm_tf.baselines import autoencoder, deep_image_prior, kanerva, memnet, recurrent, vae  # noqa: F401
+    import gin
+
+    # the modules also register gin configurables, which gin refuses while a finished run keeps the config locked
+    with gin.unlock_config():
+        import ebmm_tf  # noqa: F401  (energies, EnergyMemory)
+        from ebmm_tf.baselines import autoencoder, kanerva, memnet, recurrent, vae  # noqa: F401
 
 
 def load_saved_model(path):
