@@ -17,12 +17,16 @@ Decoded outputs are squashed into the data range: ``lo + (hi - lo) * sigmoid(log
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
 from ebmm_tf.contract import RecallMixin
 
-__all__ = ["BaselineMemory", "RangeOutputs", "check_data_range"]
+__all__ = ["BaselineMemory", "LIKELIHOODS", "PixelLikelihood", "RangeOutputs", "check_data_range"]
+
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def check_data_range(data_range) -> tuple[float, float]:
@@ -48,6 +52,41 @@ class RangeOutputs:
         known = queries * mask
         keep = 1.0 - mask
         return lambda x: x * keep + known
+
+
+class PixelLikelihood:
+    """The factorised pixel likelihood of the generative baselines (VAE, Kanerva Machine) over decoder logits.
+
+    ``"bernoulli"``: ``-log p(x | logits) = sum_d BCE((x_d - lo) / (hi - lo), logits_d)``, mode ``hi`` where
+    ``logits > 0`` else ``lo``. ``"gaussian"``: mean ``squash(logits)``, one learned scale ``sigma`` (weight
+    ``log_scale``), ``-log p = sum_d (x_d - m_d)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2``, mode = the mean.
+    Needs ``data_range``, ``pattern_shape``, ``squash`` and ``add_weight``; call ``_init_likelihood`` in ``__init__``.
+    """
+
+    def _init_likelihood(self, likelihood):
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        self.likelihood = likelihood
+        if likelihood == "gaussian":
+            self.log_scale = self.add_weight(name="log_scale", shape=(), initializer="zeros")
+
+    def pixel_nll(self, x, logits):
+        """``-log p(x | logits)`` per pattern ``[B]`` (x in the data range)."""
+        axes = list(range(1, len(self.pattern_shape) + 1))
+        lo, hi = self.data_range
+        if self.likelihood == "bernoulli":
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=(x - lo) / (hi - lo), logits=logits)
+            return tf.reduce_sum(bce, axis=axes)
+        log_scale = tf.cast(self.log_scale, x.dtype)
+        sq = tf.square(x - self.squash(logits)) * (0.5 * tf.exp(-2.0 * log_scale))
+        return tf.reduce_sum(sq + log_scale + 0.5 * math.log(2.0 * math.pi), axis=axes)
+
+    def pixel_mode(self, logits):
+        """``argmin_x -log p(x | logits)``: the Bernoulli mode or the Gaussian mean, in the data range."""
+        if self.likelihood == "bernoulli":
+            lo, hi = self.data_range
+            return tf.where(logits > 0, tf.cast(hi, logits.dtype), tf.cast(lo, logits.dtype))
+        return self.squash(logits)
 
 
 class BaselineMemory(RangeOutputs, RecallMixin, keras.Model):

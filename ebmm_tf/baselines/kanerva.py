@@ -41,12 +41,10 @@ import tensorflow as tf
 
 import gin
 from ebmm_tf.baselines import networks  # noqa: F401  (registers @ConvAutoEncoder / @DenseAutoEncoder with gin)
-from ebmm_tf.baselines.base import BaselineMemory
+from ebmm_tf.baselines.base import BaselineMemory, PixelLikelihood
 from ebmm_tf.contract import MemoryState
 
 __all__ = ["DynamicKanervaMachine", "dynamic_kanerva_machine", "posterior_update", "ridge_addresses"]
-
-LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def ridge_addresses(codes, mean, noise_var):
@@ -74,7 +72,7 @@ def posterior_update(prior_mean, prior_row_cov, addresses, codes, noise_var):
 
 
 @keras.saving.register_keras_serializable(package="ebmm_tf")
-class DynamicKanervaMachine(BaselineMemory):
+class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
     """Generative memory with a Bayesian write (module docstring).
 
     Args:
@@ -100,9 +98,7 @@ class DynamicKanervaMachine(BaselineMemory):
         super().__init__(network, data_range, **kwargs)
         if int(num_slots) < 1 or int(read_steps) < 1:
             raise ValueError(f"num_slots and read_steps must be >= 1, got {num_slots}, {read_steps}")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        self.num_slots, self.read_steps, self.likelihood = int(num_slots), int(read_steps), likelihood
+        self.num_slots, self.read_steps = int(num_slots), int(read_steps)
         self.jitter = float(jitter)
         k, c = self.num_slots, int(network.encoding_size)
         self.code_size = c
@@ -116,8 +112,7 @@ class DynamicKanervaMachine(BaselineMemory):
         self.log_address_std = self.add_weight(
             name="log_address_std", shape=(), initializer=keras.initializers.Constant(-2.0)
         )
-        if likelihood == "gaussian":
-            self.log_scale = self.add_weight(name="log_scale", shape=(), initializer="zeros")
+        self._init_likelihood(likelihood)
         self.built = True
 
     def memory_size(self) -> int:
@@ -135,22 +130,6 @@ class DynamicKanervaMachine(BaselineMemory):
 
     def _decode_logits(self, z):
         return self.network.decode(z)
-
-    def _output(self, logits):
-        if self.likelihood == "bernoulli":
-            lo, hi = self.data_range
-            return tf.where(logits > 0, tf.cast(hi, logits.dtype), tf.cast(lo, logits.dtype))
-        return self.squash(logits)
-
-    def neg_log_likelihood(self, x, logits):
-        axes = list(range(1, len(self.pattern_shape) + 1))
-        lo, hi = self.data_range
-        if self.likelihood == "bernoulli":
-            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=(x - lo) / (hi - lo), logits=logits)
-            return tf.reduce_sum(bce, axis=axes)
-        log_scale = tf.cast(self.log_scale, x.dtype)
-        sq = tf.square(x - self.squash(logits)) * (0.5 * tf.exp(-2.0 * log_scale))
-        return tf.reduce_sum(sq + log_scale + 0.9189385332046727, axis=axes)
 
     # --------------------------------------------------------------- memory interface
     def write(self, patterns, first_order=None) -> MemoryState:
@@ -173,7 +152,7 @@ class DynamicKanervaMachine(BaselineMemory):
         iterates = []
         for _ in range(self.read_steps):
             w = ridge_addresses(self.network.encode(x), mean, noise)
-            x = clamp(self._output(self._decode_logits(tf.matmul(w, mean))))
+            x = clamp(self.pixel_mode(self._decode_logits(tf.matmul(w, mean))))
             iterates.append(x)
         return iterates
 
@@ -191,7 +170,7 @@ class DynamicKanervaMachine(BaselineMemory):
         w_mean = ridge_addresses(codes, mean, noise)
         w_std = tf.exp(tf.cast(self.log_address_std, dtype))
         w = w_mean + w_std * tf.random.normal(tf.shape(w_mean), dtype=dtype)
-        nll = tf.reduce_mean(self.neg_log_likelihood(x, self._decode_logits(tf.matmul(w, memory))))
+        nll = tf.reduce_mean(self.pixel_nll(x, self._decode_logits(tf.matmul(w, memory))))
         kl_w = tf.reduce_mean(
             0.5 * tf.reduce_sum(tf.square(w_mean) + tf.square(w_std) - 1.0 - 2.0 * tf.math.log(w_std), axis=-1)
         )

@@ -43,17 +43,15 @@ import tensorflow as tf
 
 import gin
 from ebmm_tf.baselines import networks  # noqa: F401  (registers @ConvAutoEncoder / @DenseAutoEncoder with gin)
-from ebmm_tf.baselines.base import BaselineMemory
+from ebmm_tf.baselines.base import BaselineMemory, PixelLikelihood
 from ebmm_tf.contract import MemoryState
 from ebmm_tf.layers import Linear
 
 __all__ = ["VariationalAutoEncoder", "variational_autoencoder", "tune_read_rate"]
 
-LIKELIHOODS = ("bernoulli", "gaussian")
-
 
 @keras.saving.register_keras_serializable(package="ebmm_tf")
-class VariationalAutoEncoder(BaselineMemory):
+class VariationalAutoEncoder(PixelLikelihood, BaselineMemory):
     """VAE over the shared encoder/decoder; reads by attractor dynamics on ``E(x, z)`` (module docstring).
 
     Args:
@@ -68,20 +66,17 @@ class VariationalAutoEncoder(BaselineMemory):
     def __init__(self, network, likelihood="bernoulli", read_steps=50, read_rate=0.1, data_range=(0.0, 1.0), **kwargs):
         kwargs.setdefault("name", "variational_autoencoder")
         super().__init__(network, data_range, **kwargs)
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if int(read_steps) < 1:
             raise ValueError(f"read_steps must be >= 1, got {read_steps}")
         if not (math.isfinite(float(read_rate)) and float(read_rate) > 0):
             raise ValueError(f"read_rate must be a positive number, got {read_rate}")
-        self.likelihood, self.read_steps, self.read_rate = likelihood, int(read_steps), float(read_rate)
+        self.read_steps, self.read_rate = int(read_steps), float(read_rate)
         latent = int(network.encoding_size)
         self.latent_size = latent
         dt = self.dtype_policy
         self.mean_head = Linear(latent, latent, name="posterior_mean", dtype=dt)
         self.log_var_head = Linear(latent, latent, name="posterior_log_var", dtype=dt)
-        if likelihood == "gaussian":
-            self.log_scale = self.add_weight(name="log_scale", shape=(), initializer="zeros")
+        self._init_likelihood(likelihood)
         self.built = True
 
     def memory_size(self) -> int:
@@ -95,22 +90,9 @@ class VariationalAutoEncoder(BaselineMemory):
         # log sigma^2 clipped to [-12, 8]: exp() stays finite whatever the head outputs early in training
         return self.mean_head(h), tf.clip_by_value(self.log_var_head(h), -12.0, 8.0)
 
-    def _unit(self, x):
-        lo, hi = self.data_range
-        return (x - lo) / (hi - lo)
-
     def neg_log_likelihood(self, x, z):
         """``-log p(x | z)`` per pattern ``[B]`` (x in the data range)."""
-        logits = self.network.decode(z)
-        axes = list(range(1, len(self.pattern_shape) + 1))
-        if self.likelihood == "bernoulli":
-            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=self._unit(x), logits=logits)
-            return tf.reduce_sum(bce, axis=axes)
-        mean = self.squash(logits)
-        log_scale = tf.cast(self.log_scale, x.dtype)
-        sq = tf.square(x - mean) * (0.5 * tf.exp(-2.0 * log_scale))
-        const = log_scale + 0.5 * math.log(2.0 * math.pi)
-        return tf.reduce_sum(sq + const, axis=axes)
+        return self.pixel_nll(x, self.network.decode(z))
 
     def energy_xz(self, x, z):
         """A.3's ``E(x, z) = -log N(z | 0, I) - log p(x | z)`` per pattern ``[B]``."""
@@ -119,11 +101,7 @@ class VariationalAutoEncoder(BaselineMemory):
 
     def decode_mode(self, z):
         """``argmin_x E(x, z)``: the Bernoulli mode or the Gaussian mean, in the data range."""
-        logits = self.network.decode(z)
-        if self.likelihood == "bernoulli":
-            lo, hi = self.data_range
-            return tf.where(logits > 0, tf.cast(hi, logits.dtype), tf.cast(lo, logits.dtype))
-        return self.squash(logits)
+        return self.pixel_mode(self.network.decode(z))
 
     def training_loss(self, episode):
         """Negative ELBO of ``episode["patterns"]`` (mean over the patterns, one sample of z each).
