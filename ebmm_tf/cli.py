@@ -13,9 +13,22 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["EXIT_USER_ERROR", "guarded", "run_absl"]
+__all__ = ["EXIT_USER_ERROR", "guarded", "run_absl", "set_threads"]
 
 EXIT_USER_ERROR = 2
+
+
+def set_threads(intra_op=0, inter_op=0):
+    """TensorFlow's thread pools for a command-line run: ``intra_op`` threads per op, ``inter_op`` ops at once.
+
+    0 leaves TensorFlow's default (all cores). Must run before TensorFlow executes its first op.
+    """
+    import tensorflow as tf
+
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(int(intra_op))
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(int(inter_op))
 
 
 def _user_errors():

@@ -56,10 +56,9 @@ def main(argv):
     if cache:
         logging.getLogger("ebmm_tf").info("XLA compilation cache: %s", cache)
 
-    if FLAGS.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
-    if FLAGS.inter_op_threads > 0:
-        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
+    from ebmm_tf.cli import set_threads
+
+    set_threads(FLAGS.intra_op_threads, max(FLAGS.inter_op_threads, 0))
     if FLAGS.num_cpu_devices:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(

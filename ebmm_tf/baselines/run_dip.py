@@ -31,11 +31,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.gin_file:
         raise app.UsageError("give at least one --gin_file (e.g. gin/baselines/imagenet64_dip_cpu.gin)")
-    import tensorflow as tf
+    from ebmm_tf.cli import set_threads
 
-    if FLAGS.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+    set_threads(FLAGS.intra_op_threads, 1 if FLAGS.intra_op_threads else 0)
     from ebmm_tf import run as run_lib
     from ebmm_tf.baselines import deep_image_prior
 
