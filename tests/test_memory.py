@@ -329,3 +329,42 @@ def test_gated_rnn_energy_input_center_shifts_the_input_and_the_write(tmp_path):
     assert again.input_center == 0.25
     with pytest.raises(ValueError, match="finite"):
         ebmm_tf.GatedRNNEnergy(input_center=float("nan"), **kw)
+
+
+def test_gated_rnn_energy_smoothness_prior_adds_the_neighbour_differences(tmp_path):
+    keras.utils.set_random_seed(5)
+    kw = dict(input_size=None, pattern_shape=(3, 4, 2), hidden_size=8, hops=2, dynamic_size=3)
+    smooth = ebmm_tf.GatedRNNEnergy(smoothness_init=0.7, **kw)
+    plain = ebmm_tf.GatedRNNEnergy(**kw)
+    for a in plain.weights:  # every weight of the plain network has its twin in the smooth one
+        a.assign(next(b for b in smooth.weights if b.path.split("/")[-2:] == a.path.split("/")[-2:]))
+    x = np.random.default_rng(2).uniform(size=(4, 3, 4, 2)).astype("float32")
+    memory = {k: tf.random.normal(shape) for k, (shape, _) in smooth.memory_spec().items()}
+    # hand computation: 0.7 / 2 * sum over vertical and horizontal neighbours of (x_i - x_j)^2, per channel
+    prior = np.zeros(4)
+    for b in range(4):
+        for i in range(3):
+            for j in range(4):
+                for c in range(2):
+                    if i + 1 < 3:
+                        prior[b] += (x[b, i, j, c] - x[b, i + 1, j, c]) ** 2
+                    if j + 1 < 4:
+                        prior[b] += (x[b, i, j, c] - x[b, i, j + 1, c]) ** 2
+    np.testing.assert_allclose(
+        smooth(x, memory=memory).numpy(), plain(x, memory=memory).numpy() + 0.35 * prior, rtol=1e-5, atol=1e-5
+    )
+    # the prior's weight is a static (meta-learned) weight, not memory, and it survives a round trip
+    assert smooth.memory_spec() == plain.memory_spec()
+    assert any(v.path.endswith("smoothness") for v in smooth.trainable_weights)
+    assert len(smooth.trainable_weights) == len(plain.trainable_weights) + 1
+    again = ebmm_tf.GatedRNNEnergy.from_config(smooth.get_config())
+    assert again.smoothness_init == 0.7
+    mem = ebmm_tf.EnergyMemory(smooth, write_steps=1, read_steps=1)
+    state = mem.write(x)
+    mem.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.recall(loaded.write(x), x).numpy(), mem.recall(state, x).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match=r"image patterns \[H, W, C\]"):
+        ebmm_tf.GatedRNNEnergy(input_size=16, hidden_size=8, smoothness_init=0.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        ebmm_tf.GatedRNNEnergy(smoothness_init=-1.0, **kw)
