@@ -43,6 +43,7 @@ from ebmm_tf import (
     rundir,
 )
 from ebmm_tf import data as data_lib
+from ebmm_tf import meta as meta_lib
 from ebmm_tf import metrics as metrics_lib
 from ebmm_tf import run as run_lib
 from ebmm_tf.memory import EnergyMemory
@@ -117,7 +118,10 @@ class Experiment:
         binary images (each pixel 1 with probability ``mix_density``) distorted like the data: episodes that no
         memory-less denoiser can recall, so they reward using the memory. ``mix_warmup_steps``: the first steps
         use random images only.
-      select_by: which validation picks ``best/``: ``"error"`` (lowest error) or ``"memory_gain"`` (highest).
+      select_by: which validation picks ``best/``: ``"error"`` (lowest error), ``"memory_gain"`` (highest) or
+        ``"loss"`` (lowest meta-training objective on the validation episodes, e.g. the variational autoencoder's
+        negative ELBO, whose attractor read can end at one image for every query: its read error does not rank
+        checkpoints; the validation then also logs ``loss``).
     """
 
     def __init__(
@@ -182,9 +186,10 @@ class Experiment:
             raise ValueError(f"mix_density must be in (0, 1), got {mix_density}")
         self.mix_random_images, self.mix_warmup_steps = float(mix_random_images), int(mix_warmup_steps)
         self.mix_density = float(mix_density)
-        if select_by not in ("error", "memory_gain"):
-            raise ValueError(f"select_by must be 'error' or 'memory_gain', got {select_by!r}")
+        if select_by not in ("error", "memory_gain", "loss"):
+            raise ValueError(f"select_by must be 'error', 'memory_gain' or 'loss', got {select_by!r}")
         self.select_by = select_by
+        self._validation_loss_fn = None
         self.num_steps, self.seed, self.data_dir = int(num_steps), int(seed), data_dir
         self.validation_split, self.validation_episodes = validation_split, int(validation_episodes)
         if validation_split not in data_lib.SPLITS or validation_split == "train_minus_validation":
@@ -385,7 +390,11 @@ class Experiment:
         result["step"] = int(step)
         result["N"] = self.current_num_patterns
         result.update(use)
+        if self.select_by == "loss":
+            result["loss"] = self.validation_loss()
         with self.valid_writer.as_default(step=step):
+            if "loss" in result:
+                tf.summary.scalar("meta_loss/total", result["loss"])
             for k in ("mean", "p5", "p95"):
                 tf.summary.scalar(f"error/{result['metric']}_{k}", result[k])
             tf.summary.scalar(f"error/{result['metric']}_query", result["query_mean"])
@@ -405,6 +414,12 @@ class Experiment:
                 tf.summary.image("retrieval", self._retrieval_grid(*first[0]), step=step)
         return result
 
+    def validation_loss(self):
+        """Mean meta-training objective (``ebmm_tf.meta.meta_loss``) over the validation episodes."""
+        if self._validation_loss_fn is None:
+            self._validation_loss_fn = tf.function(lambda episode: meta_lib.meta_loss(self.memory, episode)[0])
+        return float(np.mean([self._validation_loss_fn(episode).numpy() for episode in self.validation_data]))
+
     def _retrieval_grid(self, episode, iterates, rows=4):
         """Figure 2 style grid: each row is original, query, then every read iterate."""
         cols = [episode["patterns"][:rows], episode["queries"][:rows]] + [it[:rows] for it in iterates]
@@ -421,6 +436,10 @@ class Experiment:
                 return json.load(f)
         return None
 
+    @property
+    def _select_key(self):
+        return {"error": "mean", "loss": "loss"}.get(self.select_by, self.select_by)
+
     def _maybe_save_best(self, step, result):
         if not self.is_chief:
             return
@@ -428,9 +447,9 @@ class Experiment:
             self.best is None
             or self.best.get("N", self.num_patterns) != result["N"]
             or (
-                result["mean"] < self.best["mean"]
-                if self.select_by == "error"
-                else result["memory_gain"] > self.best.get("memory_gain", -np.inf)
+                result["memory_gain"] > self.best.get("memory_gain", -np.inf)
+                if self.select_by == "memory_gain"
+                else result[self._select_key] < self.best.get(self._select_key, np.inf)
             )
         )
         if better:

@@ -328,3 +328,25 @@ def test_capacity_curve_sorts_by_n_and_needs_the_diagnostics(tmp_path):
         json.dump({"N": 16, "mean": 1.0, "p5": 1.0, "p95": 1.0, "metric": "hamming"}, f)
     with pytest.raises(ValueError, match="memory-use diagnostics"):
         analysis.capacity_curve(paths, str(tmp_path / "m.png"))
+
+
+@pytest.mark.parametrize("select_by", ["loss", "memory_gain"])
+def test_best_checkpoint_follows_select_by(tmp_path, select_by):
+    exp = _experiment(
+        tmp_path, "Experiment.num_steps = 6", "Experiment.validation_every = 2", f'Experiment.select_by = "{select_by}"'
+    )
+    exp.run()
+    with open(tmp_path / "metrics.jsonl") as f:
+        vals = [json.loads(line)["validation"] for line in f if '"validation"' in line]
+    vals = [v for v in vals if v["step"] > 0]  # step 0 is logged, never selected
+    assert [v["step"] for v in vals] == [2, 4, 6]
+    key, pick = {"loss": ("loss", min), "memory_gain": ("memory_gain", max)}[select_by]
+    assert all(np.isfinite(v[key]) for v in vals)
+    if select_by == "loss":
+        # the objective of the validation episodes, recomputed here from the final model, is the last one logged
+        assert exp.validation_loss() == pytest.approx(vals[-1]["loss"], rel=1e-5)
+    with open(tmp_path / "best" / "metrics.json") as f:
+        best = json.load(f)
+    assert best["step"] == pick(vals, key=lambda v: v[key])["step"]
+    with pytest.raises(ValueError, match="select_by must be"):
+        _experiment(tmp_path / "bad", 'Experiment.select_by = "elbo"')
