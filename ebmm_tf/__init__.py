@@ -15,6 +15,7 @@ from ebmm_tf.energies import (
     ResNetConvEnergy,
     ResNetFCEnergy,
     ResNetLowerConvEnergy,
+    SlotEnergy,
     imagenet_conv_energy,
 )
 from ebmm_tf.layers import Conv, LayerNorm, Linear, WritableConv2D, WritableDense
@@ -30,6 +31,7 @@ __all__ = [
     "meta_loss",
     "EnergyNetwork",
     "GatedRNNEnergy",
+    "SlotEnergy",
     "ResNetFCEnergy",
     "ResNetConvEnergy",
     "ResNetLowerConvEnergy",

@@ -15,6 +15,7 @@ from ebmm_tf import energies, memory
 __all__ = [
     "EnergyMemory",
     "GatedRNNEnergy",
+    "SlotEnergy",
     "ResNetFCEnergy",
     "ResNetConvEnergy",
     "ResNetLowerConvEnergy",
@@ -36,6 +37,7 @@ def _factory(target):
 
 
 GatedRNNEnergy = _factory(energies.GatedRNNEnergy)
+SlotEnergy = _factory(energies.SlotEnergy)
 ResNetFCEnergy = _factory(energies.ResNetFCEnergy)
 ResNetConvEnergy = _factory(energies.ResNetConvEnergy)
 ResNetLowerConvEnergy = _factory(energies.ResNetLowerConvEnergy)

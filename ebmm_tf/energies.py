@@ -43,6 +43,7 @@ from ebmm_tf.layers import (
 __all__ = [
     "EnergyNetwork",
     "GatedRNNEnergy",
+    "SlotEnergy",
     "ResNetFCEnergy",
     "ResNetConvEnergy",
     "ResNetLowerConvEnergy",
@@ -220,6 +221,86 @@ class GatedRNNEnergy(EnergyNetwork):
             dynamic_size=self.dynamic_size,
             input_center=self.input_center,
             smoothness_init=self.smoothness_init,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ebmm_tf")
+class SlotEnergy(EnergyNetwork):
+    """A mixture energy over writable slots on the raw pixels (a dense associative memory); CPU-scale image memory.
+
+    ``x~ = flatten(x) - input_center`` (``[B, D]``); the memory is a writable ``Linear(D, num_slots)``: slots
+    ``m_k`` (its kernel's columns, ``[D, K]``) and log-weights ``b_k`` (its bias, ``[K]``);
+    ``s_k(x) = x~ . m_k - |m_k|^2 / 2 + b_k``;
+    ``E(x) = |x~|^2 / 2 - logsumexp_k(beta * s_k(x)) / beta = -log sum_k exp(beta * (b_k - |x~ - m_k|^2 / 2)) / beta``,
+    the negative log-density of a Gaussian mixture at temperature ``1 / beta``; ``beta = softplus(.)`` is a static
+    meta-learned weight starting at ``sharpness_init``. ``grad_x E = x~ - sum_k p_k(x) m_k`` with
+    ``p = softmax(beta * s)``: the read moves the query towards the slots that match it. The write (the memory's
+    gradient steps on ``E`` and ``|grad_x E|^2`` at the stored patterns) moves each slot towards the patterns it
+    matches, in proportion to ``p``: slots are taken by patterns as in soft competitive learning, so two patterns
+    of a batch can share a slot (then both are read as a blend). ``slot_init_std``: ``theta_bar``'s slots start
+    normal with this deviation per pixel (a spread of starting slots breaks the symmetry between them).
+
+    Not an energy of the paper's Appendix C: the C.3 conv memories write batch-independent offsets at CPU scale
+    and the gated-RNN pixel memory does not learn to recall natural images within a CPU budget
+    (docs/results.md, "What makes the memory work"). ``num_slots * (D + 1)`` writable floats.
+    """
+
+    def __init__(
+        self,
+        pattern_shape,
+        num_slots=128,
+        input_center=0.0,
+        sharpness_init=1.0,
+        slot_init_std=0.05,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "slot_energy")
+        super().__init__(pattern_shape=pattern_shape, **kwargs)
+        if int(num_slots) < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        for label, value in (("sharpness_init", sharpness_init), ("slot_init_std", slot_init_std)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{label} must be a positive number, got {value}")
+        if not math.isfinite(input_center):
+            raise ValueError(f"input_center must be finite, got {input_center}")
+        self.num_slots, self.input_size = int(num_slots), math.prod(self.pattern_shape)
+        self.input_center, self.sharpness_init = float(input_center), float(sharpness_init)
+        self.slot_init_std = float(slot_init_std)
+        self.slots = WritableDense(
+            self.input_size,
+            0,
+            self.num_slots,
+            memory_init_std=self.slot_init_std,
+            name="slots",
+            dtype=self.dtype_policy,
+        )
+        self.sharpness_raw = self.add_weight(
+            name="sharpness", shape=(), initializer=keras.initializers.Constant(inverse_softplus(self.sharpness_init))
+        )
+        self.built = True
+
+    def sharpness(self):
+        """``beta``, the inverse temperature of the mixture."""
+        return tf.nn.softplus(self.sharpness_raw)
+
+    def call(self, x, memory=None):
+        self._check_input(x)
+        x = tf.reshape(x, [-1, self.input_size])
+        if self.input_center:
+            x = x - tf.cast(self.input_center, x.dtype)
+        kernel = self.slots._memory(memory)[0]
+        scores = self.slots(x, memory) - 0.5 * tf.reduce_sum(tf.square(kernel), axis=0)  # [B, K]
+        beta = tf.cast(self.sharpness(), x.dtype)
+        return 0.5 * tf.reduce_sum(tf.square(x), axis=-1) - tf.reduce_logsumexp(beta * scores, axis=-1) / beta
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_slots=self.num_slots,
+            input_center=self.input_center,
+            sharpness_init=self.sharpness_init,
+            slot_init_std=self.slot_init_std,
         )
         return config
 

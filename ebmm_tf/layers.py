@@ -266,6 +266,10 @@ class WritableLayer(keras.layers.Layer):
     def memory_fan_in(self) -> int:
         raise NotImplementedError
 
+    def memory_initializer(self, name):
+        """Initializer of ``theta_bar`` for memory tensor ``name``, or ``None`` for the memory's default."""
+        return None
+
     @property
     def memory_names(self) -> list[str]:
         return list(self.memory_shapes())
@@ -294,8 +298,13 @@ class WritableDense(WritableLayer):
     ``static_units = 0`` gives a purely writable layer.
     """
 
-    def __init__(self, in_features, static_units, writable_units, use_bias=True, seed=None, **kwargs):
+    def __init__(
+        self, in_features, static_units, writable_units, use_bias=True, seed=None, memory_init_std=None, **kwargs
+    ):
         super().__init__(**kwargs)
+        if memory_init_std is not None and not (math.isfinite(memory_init_std) and memory_init_std > 0):
+            raise ValueError(f"memory_init_std must be a positive number or None, got {memory_init_std}")
+        self.memory_init_std = None if memory_init_std is None else float(memory_init_std)
         if writable_units < 1:
             raise ValueError(f"writable_units must be >= 1, got {writable_units}")
         if static_units < 0:
@@ -321,6 +330,12 @@ class WritableDense(WritableLayer):
     def memory_fan_in(self):
         return self.in_features
 
+    def memory_initializer(self, name):
+        """``memory_init_std`` (if set): ``theta_bar``'s kernel starts normal with that deviation."""
+        if self.memory_init_std is None or name != f"{self.name}/kernel":
+            return None
+        return keras.initializers.RandomNormal(stddev=self.memory_init_std, seed=self.seed)
+
     def call(self, x, memory=None):
         parts = self._memory(memory)
         kernel, bias = parts[0], (parts[1] if self.use_bias else None)
@@ -342,6 +357,7 @@ class WritableDense(WritableLayer):
             writable_units=self.writable_units,
             use_bias=self.use_bias,
             seed=self.seed,
+            memory_init_std=self.memory_init_std,
         )
         return config
 

@@ -154,7 +154,9 @@ class EnergyMemory(RecallMixin, keras.Model):
         self._layer_of = [layer_index[n] for n in self.memory_names]
         self.theta_bar = []
         for name, (shape, fan_in) in spec.items():
-            init = keras.initializers.HeNormal() if len(shape) > 1 else keras.initializers.Zeros()
+            init = layers[layer_index[name]].memory_initializer(name)
+            if init is None:
+                init = keras.initializers.HeNormal() if len(shape) > 1 else keras.initializers.Zeros()
             self.theta_bar.append(
                 self.add_weight(name="theta_bar_" + name.replace("/", "_"), shape=shape, initializer=init)
             )

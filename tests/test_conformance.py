@@ -52,6 +52,10 @@ def _tiny_imagenet(dtype="float64"):
     )
 
 
+def _tiny_slots(dtype="float64"):
+    return energies.SlotEnergy(pattern_shape=(8, 8, 1), num_slots=3, input_center=0.5, dtype=dtype)
+
+
 def _small_conv_autoencoder():
     return ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=8)
 
@@ -60,6 +64,7 @@ def _small_conv_autoencoder():
 REGISTRY = {
     "GatedRNNEnergy": (lambda **kw: _ebmm(tiny_rnn, (-1.0, 1.0), **kw), (6,), (-1.0, 1.0), True),
     "ResNetConvEnergy": (lambda **kw: _ebmm(tiny_conv, (0.0, 1.0), **kw), (8, 8, 1), (0.0, 1.0), False),
+    "SlotEnergy": (lambda **kw: _ebmm(_tiny_slots, (0.0, 1.0), **kw), (8, 8, 1), (0.0, 1.0), False),
     "ResNetFCEnergy": (lambda **kw: _ebmm(tiny_fc, (0.0, 1.0), **kw), (8, 8, 1), (0.0, 1.0), False),
     "ResNetLowerConvEnergy": (lambda **kw: _ebmm(tiny_lower, (0.0, 1.0), **kw), (8, 8, 1), (0.0, 1.0), False),
     "imagenet_conv_energy": (lambda **kw: _ebmm(_tiny_imagenet, (0.0, 1.0), **kw), (8, 8, 3), (0.0, 1.0), False),
@@ -125,7 +130,7 @@ def test_the_registry_covers_every_model():
         if c not in abstract and c.__module__.startswith("ebmm_tf.baselines")
     }
     assert baselines <= set(REGISTRY), f"baselines without a conformance entry: {baselines - set(REGISTRY)}"
-    assert len(baselines) == 7 and len(networks) == 4
+    assert len(baselines) == 7 and len(networks) == 5
 
 
 def _inputs(name, n=3, seed=1):

@@ -368,3 +368,58 @@ def test_gated_rnn_energy_smoothness_prior_adds_the_neighbour_differences(tmp_pa
         ebmm_tf.GatedRNNEnergy(input_size=16, hidden_size=8, smoothness_init=0.5)
     with pytest.raises(ValueError, match=">= 0"):
         ebmm_tf.GatedRNNEnergy(smoothness_init=-1.0, **kw)
+
+
+def test_slot_energy_is_a_gaussian_mixture_and_its_read_moves_to_the_matching_slot(tmp_path):
+    keras.utils.set_random_seed(6)
+    net = ebmm_tf.SlotEnergy(pattern_shape=(2, 3, 1), num_slots=4, input_center=0.5, sharpness_init=2.0)
+    assert net.memory_spec() == {"slots/kernel": ((6, 4), 6), "slots/bias": ((4,), 6)}
+    assert net.memory_size() == 4 * 7
+    rng = np.random.default_rng(3)
+    kernel, bias = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=4).astype("float32")
+    x = rng.uniform(size=(5, 2, 3, 1)).astype("float32")
+    memory = {"slots/kernel": tf.constant(kernel), "slots/bias": tf.constant(bias)}
+    # closed form: E = -log sum_k exp(beta * (b_k - |x - c - m_k|^2 / 2)) / beta
+    xc = x.reshape(5, 6).astype("float64") - 0.5
+    d2 = ((xc[:, :, None] - kernel[None].astype("float64")) ** 2).sum(1)  # [B, K]
+    logits = 2.0 * (bias[None] - d2 / 2)
+    top = logits.max(-1, keepdims=True)
+    expected = -(np.log(np.exp(logits - top).sum(-1)) + top[:, 0]) / 2.0
+    np.testing.assert_allclose(net(x, memory=memory).numpy(), expected, rtol=1e-5, atol=1e-4)
+    # grad_x E = x~ - sum_k p_k m_k with p = softmax(beta * s)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        e = tf.reduce_sum(net(xt, memory=memory))
+    p = np.exp(logits - top) / np.exp(logits - top).sum(-1, keepdims=True)
+    np.testing.assert_allclose(
+        tape.gradient(e, xt).numpy().reshape(5, 6), xc - p @ kernel.T.astype("float64"), rtol=1e-4, atol=1e-4
+    )
+    # theta_bar's slots start normal with slot_init_std, the log-weights at 0
+    wide = ebmm_tf.SlotEnergy(pattern_shape=(16, 16, 3), num_slots=64, slot_init_std=0.2)
+    mem = ebmm_tf.EnergyMemory(wide, write_steps=1, read_steps=1)
+    slots, logw = (v.numpy() for v in mem.theta_bar)
+    assert slots.shape == (768, 64) and abs(slots.std() - 0.2) < 0.01 and np.all(logw == 0)
+    # a pattern written into one slot is read back from a query with a corrupted part
+    one = ebmm_tf.SlotEnergy(pattern_shape=(2, 3, 1), num_slots=1, sharpness_init=5.0)
+    pattern = rng.uniform(size=(1, 2, 3, 1)).astype("float32")
+    stored = {"slots/kernel": tf.constant(pattern.reshape(6, 1)), "slots/bias": tf.zeros([1])}
+    query = pattern.copy()
+    query[0, 0] = 1.0 - query[0, 0]
+    with tf.GradientTape() as tape:
+        q = tf.constant(query)
+        tape.watch(q)
+        e = one(q, memory=stored)
+    np.testing.assert_allclose((q - tape.gradient(e, q)).numpy(), pattern, atol=1e-6)  # one unit step lands on it
+    again = ebmm_tf.SlotEnergy.from_config(net.get_config())
+    assert (again.num_slots, again.input_center, again.sharpness_init) == (4, 0.5, 2.0)
+    memory_model = ebmm_tf.EnergyMemory(net, write_steps=2, read_steps=2)
+    state = memory_model.write(x)
+    memory_model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(
+        loaded.recall(loaded.write(x), x).numpy(), memory_model.recall(state, x).numpy(), atol=1e-6
+    )
+    for bad in (dict(num_slots=0), dict(sharpness_init=0.0), dict(slot_init_std=-1.0), dict(input_center=np.nan)):
+        with pytest.raises(ValueError):
+            ebmm_tf.SlotEnergy(pattern_shape=(2, 3, 1), **bad)
