@@ -29,7 +29,7 @@ BATCH_MEAN_ATOL = {"hamming": 0.05, "squared": 1e-3}
 
 def test_models_are_shipped():
     names = {i.split(os.sep)[0] for i in IDS}
-    assert {"binary_strings_n16", "binary_strings_n64", "omniglot_pixel_rnn"} <= names, IDS
+    assert {"binary_strings_n16", "binary_strings_n64", "omniglot_pixel_rnn", "cifar10_slot_n16"} <= names, IDS
 
 
 def _record(export_dir):
