@@ -330,23 +330,26 @@ def test_capacity_curve_sorts_by_n_and_needs_the_diagnostics(tmp_path):
         analysis.capacity_curve(paths, str(tmp_path / "m.png"))
 
 
-@pytest.mark.parametrize("select_by", ["loss", "memory_gain"])
-def test_best_checkpoint_follows_select_by(tmp_path, select_by):
+def test_validation_loss_is_logged_and_best_follows_select_by(tmp_path):
     exp = _experiment(
-        tmp_path, "Experiment.num_steps = 6", "Experiment.validation_every = 2", f'Experiment.select_by = "{select_by}"'
+        tmp_path, "Experiment.num_steps = 2", "Experiment.validation_every = 2", 'Experiment.select_by = "loss"'
     )
     exp.run()
     with open(tmp_path / "metrics.jsonl") as f:
         vals = [json.loads(line)["validation"] for line in f if '"validation"' in line]
-    vals = [v for v in vals if v["step"] > 0]  # step 0 is logged, never selected
-    assert [v["step"] for v in vals] == [2, 4, 6]
-    key, pick = {"loss": ("loss", min), "memory_gain": ("memory_gain", max)}[select_by]
-    assert all(np.isfinite(v[key]) for v in vals)
-    if select_by == "loss":
-        # the objective of the validation episodes, recomputed here from the final model, is the last one logged
-        assert exp.validation_loss() == pytest.approx(vals[-1]["loss"], rel=1e-5)
-    with open(tmp_path / "best" / "metrics.json") as f:
-        best = json.load(f)
-    assert best["step"] == pick(vals, key=lambda v: v[key])["step"]
+    last = next(v for v in vals if v["step"] == 2)
+    # the objective of the validation episodes, recomputed from the final model, is the one logged
+    assert np.isfinite(last["loss"]) and exp.validation_loss() == pytest.approx(last["loss"], rel=1e-5)
+    # the selection rule on made-up validations that go up and down (N fixed)
+    # (step, error, gain, loss)
+    made_up = [(2, 5.0, 1.0, 3.0), (4, 4.0, 3.0, 9.0), (6, 6.0, 2.0, 1.0), (8, 4.5, 0.5, 2.0)]
+    expected = {"error": 4, "memory_gain": 4, "loss": 6}
+    for select_by, step in expected.items():
+        exp.select_by, exp.best = select_by, None
+        for s, err, gain, loss in made_up:
+            exp._maybe_save_best(s, {"mean": err, "memory_gain": gain, "loss": loss, "N": exp.current_num_patterns})
+        assert exp.best["step"] == step, select_by
+        with open(tmp_path / "best" / "metrics.json") as f:
+            assert json.load(f)["step"] == step
     with pytest.raises(ValueError, match="select_by must be"):
         _experiment(tmp_path / "bad", 'Experiment.select_by = "elbo"')

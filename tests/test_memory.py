@@ -359,10 +359,12 @@ def test_gated_rnn_energy_smoothness_prior_adds_the_neighbour_differences(tmp_pa
     assert len(smooth.trainable_weights) == len(plain.trainable_weights) + 1
     again = ebmm_tf.GatedRNNEnergy.from_config(smooth.get_config())
     assert again.smoothness_init == 0.7
+    smooth.smoothness_raw.assign(-0.4)  # a learned value, not the starting one: it must be saved and loaded
     mem = ebmm_tf.EnergyMemory(smooth, write_steps=1, read_steps=1)
     state = mem.write(x)
     mem.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert float(loaded.energy_net.smoothness_raw.numpy()) == pytest.approx(-0.4)
     np.testing.assert_allclose(loaded.recall(loaded.write(x), x).numpy(), mem.recall(state, x).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match=r"image patterns \[H, W, C\]"):
         ebmm_tf.GatedRNNEnergy(input_size=16, hidden_size=8, smoothness_init=0.5)
@@ -400,23 +402,26 @@ def test_slot_energy_is_a_gaussian_mixture_and_its_read_moves_to_the_matching_sl
     mem = ebmm_tf.EnergyMemory(wide, write_steps=1, read_steps=1)
     slots, logw = (v.numpy() for v in mem.theta_bar)
     assert slots.shape == (768, 64) and abs(slots.std() - 0.2) < 0.01 and np.all(logw == 0)
-    # a pattern written into one slot is read back from a query with a corrupted part
-    one = ebmm_tf.SlotEnergy(pattern_shape=(2, 3, 1), num_slots=1, sharpness_init=5.0)
-    pattern = rng.uniform(size=(1, 2, 3, 1)).astype("float32")
-    stored = {"slots/kernel": tf.constant(pattern.reshape(6, 1)), "slots/bias": tf.zeros([1])}
-    query = pattern.copy()
-    query[0, 0] = 1.0 - query[0, 0]
-    with tf.GradientTape() as tape:
-        q = tf.constant(query)
-        tape.watch(q)
-        e = one(q, memory=stored)
-    np.testing.assert_allclose((q - tape.gradient(e, q)).numpy(), pattern, atol=1e-6)  # one unit step lands on it
+    # with two stored slots, a query with a corrupted part is read back to its own slot in one unit step
+    two = ebmm_tf.SlotEnergy(pattern_shape=(2, 3, 1), num_slots=2, sharpness_init=20.0)
+    pair = np.stack([np.zeros(6), np.ones(6)]).astype("float32")  # well separated: |a - b|^2 = 6
+    stored = {"slots/kernel": tf.constant(pair.T), "slots/bias": tf.zeros([2])}
+    for own in (0, 1):
+        query = pair[own].copy()
+        query[:2] = 1.0 - query[:2]  # 2 of 6 values flipped: still nearer its own slot (2 vs 4)
+        q = tf.constant(query.reshape(1, 2, 3, 1))
+        with tf.GradientTape() as tape:
+            tape.watch(q)
+            e = two(q, memory=stored)
+        np.testing.assert_allclose((q - tape.gradient(e, q)).numpy().reshape(6), pair[own], atol=1e-6)
     again = ebmm_tf.SlotEnergy.from_config(net.get_config())
-    assert (again.num_slots, again.input_center, again.sharpness_init) == (4, 0.5, 2.0)
+    assert (again.num_slots, again.input_center, again.sharpness_init, again.slot_init_std) == (4, 0.5, 2.0, 0.05)
+    net.sharpness_raw.assign(0.3)  # a learned value, not the starting one: it must be saved and loaded
     memory_model = ebmm_tf.EnergyMemory(net, write_steps=2, read_steps=2)
     state = memory_model.write(x)
     memory_model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert float(loaded.energy_net.sharpness_raw.numpy()) == pytest.approx(0.3)
     np.testing.assert_allclose(
         loaded.recall(loaded.write(x), x).numpy(), memory_model.recall(state, x).numpy(), atol=1e-6
     )
