@@ -99,6 +99,20 @@ def _gated_update(u, candidate, state):
     return u * candidate + (1.0 - u) * state
 
 
+def _finite_center(value):
+    """``input_center`` as a float; a non-finite centre is an error."""
+    center = float(value)
+    if not math.isfinite(center):
+        raise ValueError(f"input_center must be finite, got {value}")
+    return center
+
+
+def _flat_centred(x, size, center):
+    """``x`` flattened to ``[B, size]``, minus ``center`` (the pixel memories' input)."""
+    x = tf.reshape(x, [-1, size])
+    return x - tf.cast(center, x.dtype) if center else x
+
+
 @keras.saving.register_keras_serializable(package="ebmm_tf")
 class GatedRNNEnergy(EnergyNetwork):
     """C.1: gated RNN energy for binary strings (Table 1).
@@ -158,9 +172,7 @@ class GatedRNNEnergy(EnergyNetwork):
             raise ValueError(f"hops must be >= 1, got {hops}")
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.hops, self.dynamic_size = int(hops), dynamic_size
-        self.input_center = float(input_center)
-        if not math.isfinite(self.input_center):
-            raise ValueError(f"input_center must be finite, got {input_center}")
+        self.input_center = _finite_center(input_center)
         self.smoothness_init = float(smoothness_init)
         if not (math.isfinite(self.smoothness_init) and self.smoothness_init >= 0.0):
             raise ValueError(f"smoothness_init must be finite and >= 0, got {smoothness_init}")
@@ -192,10 +204,7 @@ class GatedRNNEnergy(EnergyNetwork):
     def call(self, x, memory=None):
         self._check_input(x)
         prior = self.smoothness_energy(x) if self.smoothness_init else None
-        if len(self.pattern_shape) > 1:
-            x = tf.reshape(x, [-1, self.input_size])
-        if self.input_center:
-            x = x - tf.cast(self.input_center, x.dtype)
+        x = _flat_centred(x, self.input_size, self.input_center)
         dynamic = self.memory(x, memory)  # depends on x only: once, outside the hop loop
         static_x = self.static_x(x)
         gate_x = self.gate_x(x)
@@ -263,10 +272,8 @@ class SlotEnergy(EnergyNetwork):
         for label, value in (("sharpness_init", sharpness_init), ("slot_init_std", slot_init_std)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{label} must be a positive number, got {value}")
-        if not math.isfinite(input_center):
-            raise ValueError(f"input_center must be finite, got {input_center}")
         self.num_slots, self.input_size = int(num_slots), math.prod(self.pattern_shape)
-        self.input_center, self.sharpness_init = float(input_center), float(sharpness_init)
+        self.input_center, self.sharpness_init = _finite_center(input_center), float(sharpness_init)
         self.slot_init_std = float(slot_init_std)
         self.slots = WritableDense(
             self.input_size,
@@ -287,9 +294,7 @@ class SlotEnergy(EnergyNetwork):
 
     def call(self, x, memory=None):
         self._check_input(x)
-        x = tf.reshape(x, [-1, self.input_size])
-        if self.input_center:
-            x = x - tf.cast(self.input_center, x.dtype)
+        x = _flat_centred(x, self.input_size, self.input_center)
         kernel = self.slots._memory(memory)[0]
         scores = self.slots(x, memory) - 0.5 * tf.reduce_sum(tf.square(kernel), axis=0)  # [B, K]
         beta = tf.cast(self.sharpness(), x.dtype)
