@@ -267,8 +267,8 @@ class SlotEnergy(EnergyNetwork):
     ):
         kwargs.setdefault("name", "slot_energy")
         super().__init__(pattern_shape=pattern_shape, **kwargs)
-        if int(num_slots) < 1:
-            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        if isinstance(num_slots, bool) or not float(num_slots).is_integer() or int(num_slots) < 1:
+            raise ValueError(f"num_slots must be a whole number >= 1, got {num_slots!r}")
         for label, value in (("sharpness_init", sharpness_init), ("slot_init_std", slot_init_std)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{label} must be a positive number, got {value}")
@@ -295,7 +295,7 @@ class SlotEnergy(EnergyNetwork):
     def call(self, x, memory=None):
         self._check_input(x)
         x = _flat_centred(x, self.input_size, self.input_center)
-        kernel = self.slots._memory(memory)[0]
+        kernel = self.slots.memory_tensors(memory)[0]
         scores = self.slots(x, memory) - 0.5 * tf.reduce_sum(tf.square(kernel), axis=0)  # [B, K]
         beta = tf.cast(self.sharpness(), x.dtype)
         return 0.5 * tf.reduce_sum(tf.square(x), axis=-1) - tf.reduce_logsumexp(beta * scores, axis=-1) / beta

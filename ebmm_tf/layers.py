@@ -277,6 +277,10 @@ class WritableLayer(keras.layers.Layer):
     def memory_size(self) -> int:
         return sum(math.prod(s) for s in self.memory_shapes().values())
 
+    def memory_tensors(self, memory) -> list:
+        """This layer's tensors of ``memory`` (a dict over all memory names), in ``memory_names`` order."""
+        return self._memory(memory)
+
     def _memory(self, memory):
         if memory is None:
             raise ValueError(f"Writable layer {self.name!r} needs its memory tensors ({self.memory_names}).")

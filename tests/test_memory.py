@@ -425,6 +425,7 @@ def test_slot_energy_is_a_gaussian_mixture_and_its_read_moves_to_the_matching_sl
     np.testing.assert_allclose(
         loaded.recall(loaded.write(x), x).numpy(), memory_model.recall(state, x).numpy(), atol=1e-6
     )
-    for bad in (dict(num_slots=0), dict(sharpness_init=0.0), dict(slot_init_std=-1.0), dict(input_center=np.nan)):
+    bads = (dict(num_slots=0), dict(num_slots=2.7), dict(num_slots=True), dict(sharpness_init=0.0))
+    for bad in bads + (dict(slot_init_std=-1.0), dict(input_center=np.nan)):
         with pytest.raises(ValueError):
             ebmm_tf.SlotEnergy(pattern_shape=(2, 3, 1), **bad)
