@@ -76,6 +76,16 @@ CASES = pytest.mark.parametrize(
     [(tiny_rnn, (6,), (-1.0, 1.0), True), (tiny_conv, (8, 8, 1), (0.0, 1.0), False)],
     ids=["dense_clamped", "conv"],
 )
+# The compiled-options check on the conv network takes about a minute (every option combination compiled): it
+# runs under -m slow; the dense case and the conv network's XLA-vs-graph check stay in the default suite.
+OPTION_CASES = pytest.mark.parametrize(
+    "make,shape,data_range,clamp",
+    [
+        (tiny_rnn, (6,), (-1.0, 1.0), True),
+        pytest.param(tiny_conv, (8, 8, 1), (0.0, 1.0), False, marks=pytest.mark.slow),
+    ],
+    ids=["dense_clamped", "conv"],
+)
 
 
 def _episode(shape, data_range, clamp):
@@ -91,7 +101,7 @@ def test_recompute_keeps_the_meta_gradient(make, shape, data_range, clamp):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-13)
 
 
-@CASES
+@OPTION_CASES
 def test_compiled_meta_step_options_keep_the_meta_gradient(make, shape, data_range, clamp):
     """MetaLearner's default (write/read steps as nested functions) and recompute against the unrolled graph."""
     ep = _episode(shape, data_range, clamp)

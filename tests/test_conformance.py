@@ -96,15 +96,16 @@ REGISTRY = {
 EBMM = [k for k in REGISTRY if k[0].isupper() and k.endswith("Energy")] + ["imagenet_conv_energy"]
 ALL = sorted(REGISTRY)
 WRITE_NOTHING = ("DenoisingAutoEncoder", "VariationalAutoEncoder")  # non-memory baselines (A.3)
-# The conv-family meta-gradients take ~30 s each to compile on 2 cores: in the default suite the dense, the FC and
-# (in tests/test_benchmarks.py) the C.3 conv network; the others under -m slow.
+# The conv-family meta-gradients take ~30-50 s each to compile on 2 cores: in the default suite the dense network
+# and (tests/test_benchmarks.py, test_recompute_keeps_the_meta_gradient) the C.3 conv network; the others, the FC
+# network included, under -m slow (`make test-slow`).
 _SLOW = pytest.mark.slow
-META = [n if n in ("GatedRNNEnergy", "ResNetFCEnergy") else pytest.param(n, marks=_SLOW) for n in EBMM]
-# Exports: tests/test_export.py covers the dense and C.3 networks in the default suite; here the others, all of
-# them under -m slow.
+META = [n if n == "GatedRNNEnergy" else pytest.param(n, marks=_SLOW) for n in EBMM]
+# Exports: tests/test_export.py covers the dense and C.3 networks in the default suite, and this file the baselines;
+# the other energy networks (~40 s in a fresh process) under -m slow.
 BASELINES = [k for k in ALL if k not in EBMM]
 EXPORTS = [
-    pytest.param(("ResNetFCEnergy", "ResNetLowerConvEnergy"), id="fc_lower"),
+    pytest.param(("ResNetFCEnergy", "ResNetLowerConvEnergy"), id="fc_lower", marks=_SLOW),
     pytest.param(tuple(BASELINES), id="baselines"),
     pytest.param(tuple(EBMM), id="ebmm_all", marks=_SLOW),
 ]

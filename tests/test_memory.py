@@ -152,7 +152,12 @@ def test_meta_gradient_matches_central_finite_differences(make_energy, shape, da
 # ---------------------------------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize(
     "make_energy,shape",
-    [(tiny_rnn, (6,)), (tiny_fc, (8, 8, 1)), (tiny_conv, (8, 8, 1)), (tiny_lower, (8, 8, 1))],
+    [
+        (tiny_rnn, (6,)),
+        pytest.param(tiny_fc, (8, 8, 1), marks=pytest.mark.slow),  # ~25 s: the default suite has the other three
+        (tiny_conv, (8, 8, 1)),
+        (tiny_lower, (8, 8, 1)),
+    ],
     ids=["rnn", "fc", "conv", "lower_conv"],
 )
 def test_every_trainable_variable_gets_a_meta_gradient(make_energy, shape):
