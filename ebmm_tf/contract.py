@@ -19,8 +19,8 @@ Optional capabilities, each a protocol of its own, checked with ``isinstance``:
 * ``LearnedRates``: ``rate_variables()``, the step sizes that ``MetaLearner.rate_learning_rate`` trains apart;
 * ``NestedSteps``: ``nested_step_functions(enabled, inline)``, a context that compiles the write/read steps as
   nested functions (``MetaLearner.nested_steps``);
-* ``OwnObjective``: ``training_loss(episode) -> (loss, per_term)``, a memory meta-trained on its own objective
-  (the VAE's negative ELBO) instead of the read loss.
+* ``OwnObjective``: ``training_loss(episode, seed=None) -> (loss, per_term)``, a memory meta-trained on its own
+  objective (the VAE's negative ELBO) instead of the read loss.
 
 ``RecallMixin`` implements ``recall``, ``reconstruction_loss``, ``project`` and ``call`` (and the input check
 ``_cast``) once for every memory from ``write``, ``read``, ``pattern_shape`` and ``data_range``.
@@ -42,6 +42,7 @@ __all__ = [
     "NestedSteps",
     "OwnObjective",
     "RecallMixin",
+    "sample_normal",
     "check_memory",
     "has_energy",
 ]
@@ -105,9 +106,20 @@ class NestedSteps(Protocol):
 @runtime_checkable
 class OwnObjective(Protocol):
     """A memory meta-trained on its own objective instead of B.4's read loss (e.g. a VAE's negative ELBO):
-    ``training_loss(episode) -> (loss, per_term [k])``; ``ebmm_tf.meta.meta_loss`` calls it."""
+    ``training_loss(episode, seed=None) -> (loss, per_term [k])``; ``ebmm_tf.meta.meta_loss`` calls it. A stochastic
+    objective draws its noise with ``sample_normal``: fresh noise when ``seed`` is ``None`` (training), the same
+    noise for the same integer ``seed`` (validation, so that checkpoints are compared on equal terms)."""
 
-    def training_loss(self, episode): ...
+    def training_loss(self, episode, seed=None): ...
+
+
+def sample_normal(shape, dtype, seed=None, stream=0):
+    """Standard normal noise of ``shape``: stateful (fresh every call) if ``seed`` is ``None``, else the stateless
+    draw of ``(seed, stream)``, the same on every call (``stream`` tells apart the draws of one objective)."""
+    if seed is None:
+        return tf.random.normal(shape, dtype=dtype)
+    key = tf.stack([tf.cast(seed, tf.int64), tf.constant(stream, tf.int64)])
+    return tf.random.stateless_normal(shape, key, dtype=dtype)
 
 
 _REQUIRED = ("write", "read", "recall", "reconstruction_loss", "memory_size", "pattern_shape", "data_range")

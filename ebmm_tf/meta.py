@@ -27,16 +27,16 @@ from ebmm_tf.memory import EnergyMemory
 __all__ = ["MetaLearner", "meta_loss"]
 
 
-def meta_loss(memory: EnergyMemory, episode, first_order=None):
+def meta_loss(memory: EnergyMemory, episode, first_order=None, seed=None):
     """Writes ``episode["patterns"]``, reads ``episode["queries"]`` (clamping ``episode["clamp"]`` if given).
 
     Returns ``(loss, aux)``: ``loss`` is B.4's ``sum_k mean_i ||x_i - x_i^(k)||^2``; ``aux`` holds
     ``per_step [K]``, the ``iterates`` and the written ``state``. A memory with its own objective
     (``ebmm_tf.contract.OwnObjective``, e.g. the VAE baseline) returns that objective instead, with its terms as
-    ``per_step``.
+    ``per_step``; ``seed`` fixes the noise of such an objective (``None``: fresh noise; B.4's loss has none).
     """
     if isinstance(memory, contract.OwnObjective):
-        loss, per_term = memory.training_loss(episode)
+        loss, per_term = memory.training_loss(episode, seed=seed)
         return loss, {"per_step": per_term}
     state = memory.write(episode["patterns"], first_order=first_order)
     iterates = memory.read(state, episode["queries"], episode.get("clamp"))

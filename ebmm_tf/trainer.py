@@ -415,10 +415,17 @@ class Experiment:
         return result
 
     def validation_loss(self):
-        """Mean meta-training objective (``ebmm_tf.meta.meta_loss``) over the validation episodes."""
+        """Mean meta-training objective (``ebmm_tf.meta.meta_loss``) over the validation episodes; a stochastic
+        objective (the VAE's ELBO) draws the same noise for episode ``i`` at every validation (seed ``i``)."""
         if self._validation_loss_fn is None:
-            self._validation_loss_fn = tf.function(lambda episode: meta_lib.meta_loss(self.memory, episode)[0])
-        return float(np.mean([self._validation_loss_fn(episode).numpy() for episode in self.validation_data]))
+            self._validation_loss_fn = tf.function(
+                lambda episode, seed: meta_lib.meta_loss(self.memory, episode, seed=seed)[0]
+            )
+        losses = [
+            self._validation_loss_fn(episode, tf.constant(i, tf.int64)).numpy()
+            for i, episode in enumerate(self.validation_data)
+        ]
+        return float(np.mean(losses))
 
     def _retrieval_grid(self, episode, iterates, rows=4):
         """Figure 2 style grid: each row is original, query, then every read iterate."""

@@ -368,3 +368,21 @@ def test_the_two_clis_run_from_a_fresh_process(tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 2 and "No saved model in /nonexistent" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_seed_fixes_the_noise_of_the_elbos_and_no_seed_draws_fresh_noise():
+    """Validation compares checkpoints on the same noise (``Experiment.validation_loss`` passes seed = episode
+    index); training draws fresh noise every step."""
+    x = (np.random.default_rng(2).random((4, 8, 8, 1)) < 0.3).astype(np.float32)
+    ep = {"patterns": tf.constant(x), "queries": tf.constant(x)}
+    tf.keras.utils.set_random_seed(0)
+    dkm = DynamicKanervaMachine(ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=6), num_slots=8)
+    for model in (_vae(dtype="float32"), dkm):
+        seeded = [float(meta_loss(model, ep, seed=s)[0]) for s in (5, 5, 6)]
+        fresh = [float(meta_loss(model, ep)[0]) for _ in range(2)]
+        assert seeded[0] == seeded[1] and seeded[0] != seeded[2], seeded
+        assert fresh[0] != fresh[1], fresh
+    a = contract.sample_normal([3, 2], tf.float32, seed=1)
+    b = contract.sample_normal([3, 2], tf.float32, seed=1, stream=1)
+    np.testing.assert_array_equal(a.numpy(), contract.sample_normal([3, 2], tf.float32, seed=1).numpy())
+    assert not np.allclose(a.numpy(), b.numpy())

@@ -42,7 +42,7 @@ import tensorflow as tf
 import gin
 from ebmm_tf.baselines import networks  # noqa: F401  (registers @ConvAutoEncoder / @DenseAutoEncoder with gin)
 from ebmm_tf.baselines.base import BaselineMemory, PixelLikelihood
-from ebmm_tf.contract import MemoryState
+from ebmm_tf.contract import MemoryState, sample_normal
 
 __all__ = ["DynamicKanervaMachine", "dynamic_kanerva_machine", "posterior_update", "ridge_addresses"]
 
@@ -156,8 +156,9 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
             iterates.append(x)
         return iterates
 
-    def training_loss(self, episode):
-        """Negative ELBO of ``episode["patterns"]`` (module docstring); ``per_term = [nll, KL_w, KL_M / T]``."""
+    def training_loss(self, episode, seed=None):
+        """Negative ELBO of ``episode["patterns"]`` (module docstring); ``per_term = [nll, KL_w, KL_M / T]``.
+        ``seed``: an integer fixes the samples of M and w (``contract.sample_normal``); ``None`` draws fresh ones."""
         x = self.project(self._cast(episode["patterns"], "patterns"))
         dtype = x.dtype
         codes = self.network.encode(x)
@@ -166,10 +167,10 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
         mean, row_cov = posterior_update(r0, u0, ridge_addresses(codes, r0, noise), codes, noise)
         k, c = self.num_slots, self.code_size
         chol = self._cholesky(row_cov)
-        memory = mean + tf.matmul(chol, tf.random.normal([k, c], dtype=dtype))
+        memory = mean + tf.matmul(chol, sample_normal([k, c], dtype, seed, stream=0))
         w_mean = ridge_addresses(codes, mean, noise)
         w_std = tf.exp(tf.cast(self.log_address_std, dtype))
-        w = w_mean + w_std * tf.random.normal(tf.shape(w_mean), dtype=dtype)
+        w = w_mean + w_std * sample_normal(tf.shape(w_mean), dtype, seed, stream=1)
         nll = tf.reduce_mean(self.pixel_nll(x, self._decode_logits(tf.matmul(w, memory))))
         kl_w = tf.reduce_mean(
             0.5 * tf.reduce_sum(tf.square(w_mean) + tf.square(w_std) - 1.0 - 2.0 * tf.math.log(w_std), axis=-1)

@@ -44,7 +44,7 @@ import tensorflow as tf
 import gin
 from ebmm_tf.baselines import networks  # noqa: F401  (registers @ConvAutoEncoder / @DenseAutoEncoder with gin)
 from ebmm_tf.baselines.base import BaselineMemory, PixelLikelihood
-from ebmm_tf.contract import MemoryState
+from ebmm_tf.contract import MemoryState, sample_normal
 from ebmm_tf.layers import Linear
 
 __all__ = ["VariationalAutoEncoder", "variational_autoencoder", "tune_read_rate"]
@@ -103,13 +103,14 @@ class VariationalAutoEncoder(PixelLikelihood, BaselineMemory):
         """``argmin_x E(x, z)``: the Bernoulli mode or the Gaussian mean, in the data range."""
         return self.pixel_mode(self.network.decode(z))
 
-    def training_loss(self, episode):
+    def training_loss(self, episode, seed=None):
         """Negative ELBO of ``episode["patterns"]`` (mean over the patterns, one sample of z each).
 
-        Returns ``(loss, per_term [2])`` with ``per_term = [mean -log p(x | z), mean KL]``.
+        Returns ``(loss, per_term [2])`` with ``per_term = [mean -log p(x | z), mean KL]``. ``seed``: an integer
+        fixes the sample of z (``contract.sample_normal``); ``None`` draws a fresh one.
         """
         x = self.project(self._cast(episode["patterns"], "patterns"))
-        eps = tf.random.normal([tf.shape(x)[0], self.latent_size], dtype=x.dtype)
+        eps = sample_normal([tf.shape(x)[0], self.latent_size], x.dtype, seed)
         nll, kl = self.negative_elbo(x, eps)
         nll, kl = tf.reduce_mean(nll), tf.reduce_mean(kl)
         return nll + kl, tf.stack([nll, kl])
