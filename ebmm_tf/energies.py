@@ -249,7 +249,10 @@ class SlotEnergy(EnergyNetwork):
     gradient steps on ``E`` and ``|grad_x E|^2`` at the stored patterns) moves each slot towards the patterns it
     matches, in proportion to ``p``: slots are taken by patterns as in soft competitive learning, so two patterns
     of a batch can share a slot (then both are read as a blend). ``slot_init_std``: ``theta_bar``'s slots start
-    normal with this deviation per pixel (a spread of starting slots breaks the symmetry between them).
+    normal with this deviation per pixel (a spread of starting slots breaks the symmetry between them);
+    ``equal_norm_slots``: each starting slot is then rescaled to the same norm, ``slot_init_std * sqrt(D)``, so
+    that the ``-|m_k|^2 / 2`` term favours no slot for every pattern alike (random norms make the shortest starting
+    slots win many patterns, which then share them).
 
     Not an energy of the paper's Appendix C: the C.3 conv memories write batch-independent offsets at CPU scale
     and the gated-RNN pixel memory does not learn to recall natural images within a CPU budget
@@ -263,6 +266,7 @@ class SlotEnergy(EnergyNetwork):
         input_center=0.0,
         sharpness_init=1.0,
         slot_init_std=0.05,
+        equal_norm_slots=False,
         **kwargs,
     ):
         kwargs.setdefault("name", "slot_energy")
@@ -274,12 +278,13 @@ class SlotEnergy(EnergyNetwork):
                 raise ValueError(f"{label} must be a positive number, got {value}")
         self.num_slots, self.input_size = int(num_slots), math.prod(self.pattern_shape)
         self.input_center, self.sharpness_init = _finite_center(input_center), float(sharpness_init)
-        self.slot_init_std = float(slot_init_std)
+        self.slot_init_std, self.equal_norm_slots = float(slot_init_std), bool(equal_norm_slots)
         self.slots = WritableDense(
             self.input_size,
             0,
             self.num_slots,
             memory_init_std=self.slot_init_std,
+            memory_init_equal_norm=self.equal_norm_slots,
             name="slots",
             dtype=self.dtype_policy,
         )
@@ -307,6 +312,7 @@ class SlotEnergy(EnergyNetwork):
             input_center=self.input_center,
             sharpness_init=self.sharpness_init,
             slot_init_std=self.slot_init_std,
+            equal_norm_slots=self.equal_norm_slots,
         )
         return config
 

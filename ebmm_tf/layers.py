@@ -303,12 +303,23 @@ class WritableDense(WritableLayer):
     """
 
     def __init__(
-        self, in_features, static_units, writable_units, use_bias=True, seed=None, memory_init_std=None, **kwargs
+        self,
+        in_features,
+        static_units,
+        writable_units,
+        use_bias=True,
+        seed=None,
+        memory_init_std=None,
+        memory_init_equal_norm=False,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if memory_init_std is not None and not (math.isfinite(memory_init_std) and memory_init_std > 0):
             raise ValueError(f"memory_init_std must be a positive number or None, got {memory_init_std}")
+        if memory_init_equal_norm and memory_init_std is None:
+            raise ValueError("memory_init_equal_norm needs memory_init_std")
         self.memory_init_std = None if memory_init_std is None else float(memory_init_std)
+        self.memory_init_equal_norm = bool(memory_init_equal_norm)
         if writable_units < 1:
             raise ValueError(f"writable_units must be >= 1, got {writable_units}")
         if static_units < 0:
@@ -335,10 +346,21 @@ class WritableDense(WritableLayer):
         return self.in_features
 
     def memory_initializer(self, name):
-        """``memory_init_std`` (if set): ``theta_bar``'s kernel starts normal with that deviation."""
+        """``memory_init_std`` (if set): ``theta_bar``'s kernel starts normal with that deviation; with
+        ``memory_init_equal_norm`` each of its columns is then rescaled to the norm ``memory_init_std *
+        sqrt(in_features)`` (the columns' expected norm), so no column is shorter than the others."""
         if self.memory_init_std is None or name != f"{self.name}/kernel":
             return None
-        return keras.initializers.RandomNormal(stddev=self.memory_init_std, seed=self.seed)
+        normal = keras.initializers.RandomNormal(stddev=self.memory_init_std, seed=self.seed)
+        if not self.memory_init_equal_norm:
+            return normal
+        target = self.memory_init_std * math.sqrt(self.in_features)
+
+        def equal_norm(shape, dtype=None):
+            w = normal(shape, dtype=dtype)
+            return w * (target / tf.norm(w, axis=0, keepdims=True))
+
+        return equal_norm
 
     def call(self, x, memory=None):
         parts = self._memory(memory)
@@ -362,6 +384,7 @@ class WritableDense(WritableLayer):
             use_bias=self.use_bias,
             seed=self.seed,
             memory_init_std=self.memory_init_std,
+            memory_init_equal_norm=self.memory_init_equal_norm,
         )
         return config
 

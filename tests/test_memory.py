@@ -407,6 +407,16 @@ def test_slot_energy_is_a_gaussian_mixture_and_its_read_moves_to_the_matching_sl
     mem = ebmm_tf.EnergyMemory(wide, write_steps=1, read_steps=1)
     slots, logw = (v.numpy() for v in mem.theta_bar)
     assert slots.shape == (768, 64) and abs(slots.std() - 0.2) < 0.01 and np.all(logw == 0)
+    norms = np.linalg.norm(slots, axis=0)
+    assert norms.std() > 0.05  # random norms ...
+    equal = ebmm_tf.SlotEnergy(pattern_shape=(16, 16, 3), num_slots=64, slot_init_std=0.2, equal_norm_slots=True)
+    eq_slots = ebmm_tf.EnergyMemory(equal, write_steps=1, read_steps=1).theta_bar[0].numpy()
+    # ... or every starting slot at the expected norm 0.2 * sqrt(768), the directions still random
+    np.testing.assert_allclose(np.linalg.norm(eq_slots, axis=0), 0.2 * np.sqrt(768), rtol=1e-5)
+    assert abs(eq_slots.std() - 0.2) < 0.01 and np.abs(np.corrcoef(eq_slots.T)[np.triu_indices(64, 1)]).max() < 0.2
+    assert ebmm_tf.SlotEnergy.from_config(equal.get_config()).equal_norm_slots
+    with pytest.raises(ValueError, match="needs memory_init_std"):
+        ebmm_tf.layers.WritableDense(4, 0, 2, memory_init_equal_norm=True)
     # with two stored slots, a query with a corrupted part is read back to its own slot in one unit step
     two = ebmm_tf.SlotEnergy(pattern_shape=(2, 3, 1), num_slots=2, sharpness_init=20.0)
     pair = np.stack([np.zeros(6), np.ones(6)]).astype("float32")  # well separated: |a - b|^2 = 6
