@@ -293,6 +293,23 @@ class SlotEnergy(EnergyNetwork):
         )
         self.built = True
 
+    def starting_memory(self, patterns):
+        """Starting slots drawn from data: the first ``num_slots`` of ``patterns [>= K, *pattern_shape]``, centred
+        and each rescaled to the norm ``slot_init_std * sqrt(D)``, as ``{"slots/kernel": [D, K]}`` for
+        ``EnergyMemory.set_starting_memory``. Random starting slots lie far from every image, so a slot that one
+        write step has moved towards a pattern is then nearer to the other patterns than the untouched slots
+        are, and takes them too; slots on the data do not (docs/results.md, CIFAR-10 slot memories)."""
+        x = tf.convert_to_tensor(patterns)
+        if x.shape.rank is None or x.shape[0] is None or x.shape[0] < self.num_slots:
+            raise ValueError(f"need at least num_slots = {self.num_slots} patterns, got shape {x.shape}")
+        self._check_input(x)
+        x = _flat_centred(x[: self.num_slots], self.input_size, self.input_center)
+        norms = tf.norm(x, axis=-1, keepdims=True)
+        if not bool(tf.reduce_all(norms > 0)):
+            raise ValueError("a starting pattern equals input_center everywhere: it gives no slot direction")
+        target = self.slot_init_std * math.sqrt(self.input_size)
+        return {f"{self.slots.name}/kernel": tf.transpose(x * (target / norms))}
+
     def sharpness(self):
         """``beta``, the inverse temperature of the mixture."""
         return tf.nn.softplus(self.sharpness_raw)

@@ -100,6 +100,9 @@ class EnergyMemory(RecallMixin, keras.Model):
         bounds the memory of a meta-step by one step's intermediates instead of T + K steps' at the price of
         one more forward pass of each step. The meta-gradient is the same (up to float rounding). Saves memory
         inside ``tf.function`` (as in ``MetaLearner``); eagerly, the outer tape still holds every step.
+      learn_theta_bar: meta-train the starting memory ``theta_bar`` (the paper's choice). ``False`` keeps it at its
+        initial value (e.g. starting slots drawn from data, ``set_starting_memory``); only the static weights and
+        the write and read parameters are then meta-trained.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class EnergyMemory(RecallMixin, keras.Model):
         momentum_decay_init=0.9,
         first_order=False,
         recompute=False,
+        learn_theta_bar=True,
         **kwargs,
     ):
         kwargs.setdefault("name", "energy_memory")
@@ -130,6 +134,7 @@ class EnergyMemory(RecallMixin, keras.Model):
         if not lo < hi:
             raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
         self.energy_net = energy
+        self.learn_theta_bar = bool(learn_theta_bar)
         self.write_steps, self.read_steps = int(write_steps), int(read_steps)
         self.data_range = (lo, hi)
         self.first_order = bool(first_order)
@@ -158,7 +163,12 @@ class EnergyMemory(RecallMixin, keras.Model):
             if init is None:
                 init = keras.initializers.HeNormal() if len(shape) > 1 else keras.initializers.Zeros()
             self.theta_bar.append(
-                self.add_weight(name="theta_bar_" + name.replace("/", "_"), shape=shape, initializer=init)
+                self.add_weight(
+                    name="theta_bar_" + name.replace("/", "_"),
+                    shape=shape,
+                    initializer=init,
+                    trainable=self.learn_theta_bar,
+                )
             )
 
         const = keras.initializers.Constant
@@ -456,6 +466,19 @@ class EnergyMemory(RecallMixin, keras.Model):
         return read_step
 
     # ------------------------------------------------------------------ serialization
+    def set_starting_memory(self, values):
+        """Assigns ``theta_bar`` from ``{memory name: array}`` (a subset of ``memory_names``; shapes must match)."""
+        index = {n: i for i, n in enumerate(self.memory_names)}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise KeyError(f"unknown memory names {unknown}; this memory has {self.memory_names}")
+        for name, value in values.items():
+            var = self.theta_bar[index[name]]
+            value = tf.convert_to_tensor(value, dtype=var.dtype)
+            if tuple(value.shape) != tuple(var.shape):
+                raise ValueError(f"{name}: got shape {tuple(value.shape)}, theta_bar has {tuple(var.shape)}")
+            var.assign(value)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -465,6 +488,7 @@ class EnergyMemory(RecallMixin, keras.Model):
             data_range=list(self.data_range),
             first_order=self.first_order,
             recompute=self.recompute,
+            learn_theta_bar=self.learn_theta_bar,
             **self._init,
         )
         return config

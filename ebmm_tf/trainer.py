@@ -100,6 +100,9 @@ class Experiment:
       init_write_rate_scale: with ``init_from``, multiply the loaded write rates of each term by a factor, as
         ``{"energy": 4.0, "gradient": 4.0}`` (a write step is a mean over the N patterns, so moving from N to 4N
         patterns at the same per-pattern step takes 4x the rates).
+      memory_from_data: at the start of a run (step 0), set the starting memory ``theta_bar`` from training
+        patterns through the energy's ``starting_memory`` (``SlotEnergy``: one slot per pattern); with
+        ``EnergyMemory.learn_theta_bar = False`` it then stays there.
       balance_write_rates: ``None`` or ``(energy_fraction, gradient_fraction)``: at the start of a run (step 0),
         set every write rate so that on the first training episode each writable layer's first write step of
         the energy term (of the gradient-norm term) moves that layer by the given fraction of
@@ -153,6 +156,7 @@ class Experiment:
         init_from=None,
         init_write_rate_scale=None,
         balance_write_rates=None,
+        memory_from_data=False,
         curriculum=(),
         curriculum_gain=4.0,
         curriculum_patience=2,
@@ -211,7 +215,7 @@ class Experiment:
 
         self._build_model(strategy, energy, model)
         self._restore(keep_checkpoints, init_from, init_write_rate_scale)
-        self._prepare_data(balance_write_rates)
+        self._prepare_data(balance_write_rates, memory_from_data)
         self._open_writers()
 
     # ---------------------------------------------------------------------- the phases of __init__
@@ -249,9 +253,15 @@ class Experiment:
         self.stage = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_stage")
         self.stage_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_stage_start")
         self.streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_streak")
+        # theta_bar is checkpointed through the optimizer's variables; a fixed one (learn_theta_bar = False, e.g.
+        # slots drawn from data) is not among them and is saved by name here.
+        fixed = {}
+        if isinstance(self.memory, EnergyMemory) and not self.memory.learn_theta_bar:
+            fixed["theta_bar"] = tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(self.memory.theta_bar)})
         self.checkpoint = tf.train.Checkpoint(
             memory=self.memory,
             optimizer=self.learner.optimizer,
+            **fixed,
             curriculum=tf.train.Checkpoint(stage=self.stage, stage_start=self.stage_start, streak=self.streak),
             **({"rate_optimizer": self.learner.rate_optimizer} if self.learner.rate_optimizer is not None else {}),
         )
@@ -277,9 +287,12 @@ class Experiment:
                 self.current_num_patterns,
             )
 
-    def _prepare_data(self, balance_write_rates):
-        """Training and validation streams from the restored step; the balanced write rates of a new run."""
+    def _prepare_data(self, balance_write_rates, memory_from_data=False):
+        """Training and validation streams from the restored step; the starting memory from data and the balanced
+        write rates of a new run."""
         self._make_data(self.restored_step)
+        if memory_from_data and self.restored_step == 0:
+            self._starting_memory_from_data()
         if balance_write_rates is not None and self.restored_step == 0:
             if not isinstance(self.memory, EnergyMemory):
                 raise ValueError("Experiment.balance_write_rates needs an EnergyMemory")
@@ -413,6 +426,21 @@ class Experiment:
             ):
                 tf.summary.image("retrieval", self._retrieval_grid(*first[0]), step=step)
         return result
+
+    def _starting_memory_from_data(self):
+        """``theta_bar`` from training patterns (``energy.starting_memory``): enough episodes of the training
+        stream under their own seed (so the training episodes are unchanged)."""
+        energy = getattr(self.memory, "energy_net", None)
+        if energy is None or not hasattr(energy, "starting_memory"):
+            name = type(energy or self.memory).__name__
+            raise ValueError(f"Experiment.memory_from_data needs an energy with starting_memory(patterns), not {name}")
+        need, patterns = int(getattr(energy, "num_slots", 1)), []
+        for episode in self._episodes(self.train_split, self.seed + 7919, 0):
+            patterns.append(episode["patterns"])
+            if sum(int(p.shape[0]) for p in patterns) >= need:
+                break
+        self.memory.set_starting_memory(energy.starting_memory(tf.concat(patterns, axis=0)))
+        logger.info("Starting memory from %d training patterns.", need)
 
     def validation_loss(self):
         """Mean meta-training objective (``ebmm_tf.meta.meta_loss``) over the validation episodes; a stochastic

@@ -353,3 +353,34 @@ def test_validation_loss_is_logged_and_best_follows_select_by(tmp_path):
             assert json.load(f)["step"] == step
     with pytest.raises(ValueError, match="select_by must be"):
         _experiment(tmp_path / "bad", 'Experiment.select_by = "elbo"')
+
+
+def test_memory_from_data_sets_the_starting_slots_and_learn_theta_bar_false_keeps_them(tmp_path):
+    params = [
+        "Experiment.energy = @SlotEnergy",
+        "SlotEnergy.num_slots = 12",
+        "SlotEnergy.slot_init_std = 0.2",
+        "Experiment.memory_from_data = True",
+        "EnergyMemory.learn_theta_bar = False",
+        "Experiment.num_steps = 2",
+        "Experiment.validation_every = 0",
+    ]
+    exp = _experiment(tmp_path, *params)
+    slots = exp.memory.theta_bar[0].numpy()  # [128, 12]
+    # one training string per slot: +-1 bits scaled to the norm 0.2 * sqrt(128), so every entry is +-0.2
+    np.testing.assert_allclose(np.abs(slots), 0.2, rtol=1e-5)
+    assert len({tuple(np.sign(c)) for c in slots.T}) == 12
+    assert all(v is not exp.memory.theta_bar[0] for v in exp.memory.trainable_variables)
+    exp.run()
+    np.testing.assert_array_equal(exp.memory.theta_bar[0].numpy(), slots)  # not meta-trained
+    # a resumed run keeps its trained state, not a fresh draw
+    again = _experiment(tmp_path, *params)
+    np.testing.assert_array_equal(again.memory.theta_bar[0].numpy(), slots)
+    with pytest.raises(ValueError, match="starting_memory"):
+        _experiment(tmp_path / "rnn", "Experiment.memory_from_data = True")
+    with pytest.raises(ValueError, match="theta_bar has"):
+        exp.memory.set_starting_memory({"slots/kernel": np.zeros((3, 3))})
+    with pytest.raises(KeyError, match="unknown memory names"):
+        exp.memory.set_starting_memory({"nope": np.zeros((3, 3))})
+    with pytest.raises(ValueError, match="at least num_slots"):
+        exp.memory.energy_net.starting_memory(np.ones((5, 128), "float32"))
