@@ -212,6 +212,8 @@ class Experiment:
                     "with --inter_op_threads=1, the CLI's default)."
                 )
         keras.utils.set_random_seed(self.seed)
+        if memory_from_data and init_from is not None:
+            raise ValueError("Experiment.memory_from_data and Experiment.init_from both set theta_bar: use one")
 
         self._build_model(strategy, energy, model)
         self._restore(keep_checkpoints, init_from, init_write_rate_scale)

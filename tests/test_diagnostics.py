@@ -378,6 +378,8 @@ def test_memory_from_data_sets_the_starting_slots_and_learn_theta_bar_false_keep
     np.testing.assert_array_equal(again.memory.theta_bar[0].numpy(), slots)
     with pytest.raises(ValueError, match="starting_memory"):
         _experiment(tmp_path / "rnn", "Experiment.memory_from_data = True")
+    with pytest.raises(ValueError, match="use one"):
+        _experiment(tmp_path / "both", *params, 'Experiment.init_from = "x.keras"')
     with pytest.raises(ValueError, match="theta_bar has"):
         exp.memory.set_starting_memory({"slots/kernel": np.zeros((3, 3))})
     with pytest.raises(KeyError, match="unknown memory names"):
