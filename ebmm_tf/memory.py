@@ -474,7 +474,7 @@ class EnergyMemory(RecallMixin, keras.Model):
             raise KeyError(f"unknown memory names {unknown}; this memory has {self.memory_names}")
         for name, value in values.items():
             var = self.theta_bar[index[name]]
-            value = tf.convert_to_tensor(value, dtype=var.dtype)
+            value = tf.cast(tf.convert_to_tensor(value), var.dtype)
             if tuple(value.shape) != tuple(var.shape):
                 raise ValueError(f"{name}: got shape {tuple(value.shape)}, theta_bar has {tuple(var.shape)}")
             var.assign(value)

@@ -60,6 +60,17 @@ parse_gin = run_lib.parse_gin
 make_strategy = run_lib.make_strategy
 
 
+def _ordered_weights(model):
+    """``model.weights`` in an order that does not depend on which are trainable: Keras lists the trainable ones
+    first, so an ``EnergyMemory`` with ``learn_theta_bar = False`` would list ``theta_bar`` after the rates. For an
+    ``EnergyMemory``: ``theta_bar`` first, then the other weights; for other models ``weights`` as they are."""
+    if not isinstance(model, EnergyMemory):
+        return list(model.weights)
+    theta_bar = list(model.theta_bar)
+    ids = {id(v) for v in theta_bar}
+    return theta_bar + [v for v in model.weights if id(v) not in ids]
+
+
 @gin.configurable(module="ebmm_tf.train")
 class Experiment:
     """One EBMM meta-training experiment: data, model, optimiser, checkpoints, summaries, validation.
@@ -319,7 +330,7 @@ class Experiment:
         if not os.path.exists(path):
             raise FileNotFoundError(f"Experiment.init_from: {path} does not exist")
         source = rundir.load_saved_model(path)
-        src, dst = source.weights, self.memory.weights
+        src, dst = _ordered_weights(source), _ordered_weights(self.memory)
         if [tuple(v.shape) for v in src] != [tuple(v.shape) for v in dst]:
             raise ValueError(
                 f"Experiment.init_from: {path} has weights {[tuple(v.shape) for v in src]}, this run's model "

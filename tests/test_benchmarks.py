@@ -77,7 +77,8 @@ CASES = pytest.mark.parametrize(
     ids=["dense_clamped", "conv"],
 )
 # The compiled-options check on the conv network takes about a minute (every option combination compiled): it
-# runs under -m slow; the dense case and the conv network's XLA-vs-graph check stay in the default suite.
+# runs under -m slow; the dense case stays in the default suite, and the conv network's meta-gradient there is
+# checked by test_recompute_keeps_the_meta_gradient (plain vs recomputed) and the finite-difference tests.
 OPTION_CASES = pytest.mark.parametrize(
     "make,shape,data_range,clamp",
     [

@@ -380,6 +380,14 @@ def test_memory_from_data_sets_the_starting_slots_and_learn_theta_bar_false_keep
         _experiment(tmp_path / "rnn", "Experiment.memory_from_data = True")
     with pytest.raises(ValueError, match="use one"):
         _experiment(tmp_path / "both", *params, 'Experiment.init_from = "x.keras"')
+    # a warm start pairs theta_bar with theta_bar whether or not either side trains it (Keras lists trainable
+    # weights first, so the two models' weight lists are in different orders)
+    exp.memory.save(tmp_path / "fixed.keras")
+    learned = [p for p in params if "learn_theta_bar" not in p and "memory_from_data" not in p]
+    warm = _experiment(tmp_path / "warm", *learned, f'Experiment.init_from = "{tmp_path / "fixed.keras"}"')
+    assert warm.memory.learn_theta_bar
+    np.testing.assert_array_equal(warm.memory.theta_bar[0].numpy(), slots)
+    np.testing.assert_array_equal(warm.memory.write_rates_raw.numpy(), exp.memory.write_rates_raw.numpy())
     with pytest.raises(ValueError, match="theta_bar has"):
         exp.memory.set_starting_memory({"slots/kernel": np.zeros((3, 3))})
     with pytest.raises(KeyError, match="unknown memory names"):

@@ -127,9 +127,7 @@ def test_shipped_savedmodel_recalls_in_a_fresh_process(export_dir, tmp_path):
     expected = model.recall(state, queries, feed.get("mask")).numpy()
     np.testing.assert_allclose(served["retrieved"], expected, atol=1e-3)  # float32 rounding, amplified by T + K steps
     # the energy signature at the served recall (which the line above compares only to within float rounding)
-    np.testing.assert_allclose(
-        served["energy"], model.energy(state, served["retrieved"]).numpy(), rtol=1e-4, atol=1e-3
-    )
+    np.testing.assert_allclose(served["energy"], model.energy(state, served["retrieved"]).numpy(), rtol=1e-4, atol=1e-3)
 
     batch_mean = float(np.mean(trainer.per_pattern_error(protocol.source, patterns, served["retrieved"])))
     assert abs(batch_mean - record["batch_means"][0]) <= BATCH_MEAN_ATOL[record["metric"]]
