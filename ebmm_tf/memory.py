@@ -171,6 +171,9 @@ class EnergyMemory(RecallMixin, keras.Model):
                 )
             )
 
+        if len({v.name for v in self.theta_bar}) != len(self.theta_bar):  # they name its checkpoint entries
+            raise ValueError(f"memory names {self.memory_names} give clashing theta_bar names")
+
         const = keras.initializers.Constant
         rate_rows = self.write_steps if per_step_write_rates else 1
         self.write_rates_raw = self.add_weight(
@@ -466,6 +469,17 @@ class EnergyMemory(RecallMixin, keras.Model):
         return read_step
 
     # ------------------------------------------------------------------ serialization
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        """Adds ``theta_bar`` to what ``tf.train.Checkpoint`` saves, one child per variable under its own name
+        (``theta_bar_<memory name>``). ``self.theta_bar`` is a Keras-tracked list, which Keras's own saving sees but
+        TensorFlow's object graph does not: without this a trainable ``theta_bar`` would reach a checkpoint only
+        through the optimizer's references to the variables it trains, and a fixed one not at all."""
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "checkpoint":
+            for var in self.theta_bar:
+                children.setdefault(var.name, var)
+        return children
+
     def set_starting_memory(self, values):
         """Assigns ``theta_bar`` from ``{memory name: array}`` (a subset of ``memory_names``; shapes must match)."""
         index = {n: i for i, n in enumerate(self.memory_names)}

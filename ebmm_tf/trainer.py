@@ -256,6 +256,18 @@ class Experiment:
             self.num_replicas,
         )
 
+    def _legacy_theta_bar(self, ckpt_dir):
+        """Checkpoints written before ``EnergyMemory`` put ``theta_bar`` in its own checkpoint entries held a fixed
+        ``theta_bar`` (``learn_theta_bar = False``) under ``theta_bar/v<i>`` at the checkpoint's root: when the
+        latest checkpoint is one of those, the same variables are also reachable there so that resuming restores
+        them. Returns the extra ``tf.train.Checkpoint`` children (none for every other checkpoint)."""
+        latest = tf.train.latest_checkpoint(ckpt_dir)
+        if latest is None or not isinstance(self.memory, EnergyMemory):
+            return {}
+        if not any(name.startswith("theta_bar/v") for name, _ in tf.train.list_variables(latest)):
+            return {}
+        return {"theta_bar": tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(self.memory.theta_bar)})}
+
     def _restore(self, keep_checkpoints, init_from, init_write_rate_scale):
         """Checkpoint manager; resumes from the last checkpoint, else warm-starts from ``init_from`` if given."""
         self.run_dir = rundir.RunDir(self.workdir)
@@ -266,15 +278,10 @@ class Experiment:
         self.stage = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_stage")
         self.stage_start = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_stage_start")
         self.streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="curriculum_streak")
-        # theta_bar is checkpointed through the optimizer's variables; a fixed one (learn_theta_bar = False, e.g.
-        # slots drawn from data) is not among them and is saved by name here.
-        fixed = {}
-        if isinstance(self.memory, EnergyMemory) and not self.memory.learn_theta_bar:
-            fixed["theta_bar"] = tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(self.memory.theta_bar)})
         self.checkpoint = tf.train.Checkpoint(
             memory=self.memory,
             optimizer=self.learner.optimizer,
-            **fixed,
+            **self._legacy_theta_bar(ckpt_dir),
             curriculum=tf.train.Checkpoint(stage=self.stage, stage_start=self.stage_start, streak=self.streak),
             **({"rate_optimizer": self.learner.rate_optimizer} if self.learner.rate_optimizer is not None else {}),
         )

@@ -15,7 +15,7 @@ import ebmm_tf
 import gin
 from ebmm_tf import data, diagnostics, trainer
 from ebmm_tf import run as run_lib
-from ebmm_tf.memory import MemoryState
+from ebmm_tf.memory import EnergyMemory, MemoryState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "gin", "smoke", "binary_strings.gin")
@@ -180,6 +180,34 @@ def test_validation_split_is_a_fixed_disjoint_part_of_the_training_split():
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
+def test_checkpoints_that_held_a_fixed_theta_bar_at_their_root_still_resume(tmp_path, monkeypatch):
+    # the layout written before EnergyMemory saved theta_bar itself: the memory without theta_bar entries, a fixed
+    # theta_bar under theta_bar/v<i> at the root
+    params = [
+        "Experiment.energy = @SlotEnergy",
+        "SlotEnergy.num_slots = 12",
+        "Experiment.memory_from_data = True",
+        "EnergyMemory.learn_theta_bar = False",
+    ]
+    old = _experiment(tmp_path, *params)
+    slots = old.memory.theta_bar[0].numpy()
+    old.memory.theta_bar[0].assign(2.0 * slots)
+    with monkeypatch.context() as m:
+        m.setattr(EnergyMemory, "_trackable_children", keras.Model._trackable_children)
+        ckpt = tf.train.Checkpoint(
+            memory=old.memory,
+            optimizer=old.learner.optimizer,
+            theta_bar=tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(old.memory.theta_bar)}),
+            curriculum=tf.train.Checkpoint(stage=old.stage, stage_start=old.stage_start, streak=old.streak),
+        )
+        old.learner.iterations.assign(5)
+        path = tf.train.CheckpointManager(ckpt, tmp_path / "checkpoints", 3, step_counter=old.learner.iterations).save()
+    assert not any("memory/theta_bar" in n for n, _ in tf.train.list_variables(path))
+    resumed = _experiment(tmp_path, *params)
+    assert resumed.restored_step == 5
+    np.testing.assert_array_equal(resumed.memory.theta_bar[0].numpy(), 2.0 * slots)
+
+
 def _experiment(tmp_path, *params):
     gin.clear_config()
     run_lib.parse_gin([SMOKE], ["Experiment.validation_episodes = 3", *params])
@@ -376,6 +404,10 @@ def test_memory_from_data_sets_the_starting_slots_and_learn_theta_bar_false_keep
     # a resumed run keeps its trained state, not a fresh draw
     again = _experiment(tmp_path, *params)
     np.testing.assert_array_equal(again.memory.theta_bar[0].numpy(), slots)
+    # the resumed value comes from the checkpoint, not from drawing the same slots again: move theta_bar, save
+    again.memory.theta_bar[0].assign(2.0 * slots)
+    again.manager.save(checkpoint_number=3)
+    np.testing.assert_array_equal(_experiment(tmp_path, *params).memory.theta_bar[0].numpy(), 2.0 * slots)
     with pytest.raises(ValueError, match="starting_memory"):
         _experiment(tmp_path / "rnn", "Experiment.memory_from_data = True")
     with pytest.raises(ValueError, match="use one"):

@@ -288,6 +288,20 @@ def test_keras_file_round_trip_reproduces_energies_exactly(tmp_path, make_energy
     np.testing.assert_array_equal(mem.recall(s1, ep["queries"]).numpy(), loaded.recall(s2, ep["queries"]).numpy())
 
 
+@pytest.mark.parametrize("learn_theta_bar", [True, False], ids=["trained", "fixed"])
+def test_tf_checkpoint_of_the_memory_alone_holds_theta_bar(tmp_path, learn_theta_bar):
+    # no optimizer in the checkpoint: theta_bar must be saved through the memory itself, under readable names
+    mem, fresh = (ebmm_tf.EnergyMemory(tiny_rnn(), learn_theta_bar=learn_theta_bar) for _ in range(2))
+    for v in mem.theta_bar:
+        v.assign(v + 3.0)
+    path = tf.train.Checkpoint(model=mem).save(str(tmp_path / "ckpt"))
+    names = {n for n, _ in tf.train.list_variables(path)}
+    assert {f"model/theta_bar_{m.replace('/', '_')}/.ATTRIBUTES/VARIABLE_VALUE" for m in mem.memory_names} <= names
+    tf.train.Checkpoint(model=fresh).restore(path).assert_existing_objects_matched()
+    for a, b in zip(mem.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_gated_rnn_energy_on_images_flattens_the_pixels(tmp_path):
     keras.utils.set_random_seed(3)
     net = ebmm_tf.GatedRNNEnergy(input_size=None, pattern_shape=(4, 4, 1), hidden_size=8, hops=2, dynamic_size=3)
