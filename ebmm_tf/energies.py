@@ -38,6 +38,7 @@ from ebmm_tf.layers import (
     WritableDense,
     WritableLayer,
     inverse_softplus,
+    rescale_columns,
 )
 
 __all__ = [
@@ -81,6 +82,12 @@ class EnergyNetwork(keras.Model):
     def memory_size(self) -> int:
         """Number of writable floats: the paper's "memory size"."""
         return sum(math.prod(shape) for shape, _ in self.memory_spec().values())
+
+    @property
+    def starting_memory_size(self):
+        """How many training patterns ``starting_memory(patterns)`` needs (``Experiment.memory_from_data``), or
+        ``None`` for a network whose starting memory is not drawn from data (the default)."""
+        return None
 
     def _check_input(self, x):
         if tuple(x.shape[1:]) != self.pattern_shape:
@@ -293,6 +300,11 @@ class SlotEnergy(EnergyNetwork):
         )
         self.built = True
 
+    @property
+    def starting_memory_size(self):
+        """``starting_memory`` takes one pattern per slot."""
+        return self.num_slots
+
     def starting_memory(self, patterns):
         """Starting slots drawn from data: the first ``num_slots`` of ``patterns [>= K, *pattern_shape]``, centred
         and each rescaled to the norm ``slot_init_std * sqrt(D)``, as ``{"slots/kernel": [D, K]}`` for
@@ -303,12 +315,10 @@ class SlotEnergy(EnergyNetwork):
         if x.shape.rank is None or x.shape[0] is None or x.shape[0] < self.num_slots:
             raise ValueError(f"need at least num_slots = {self.num_slots} patterns, got shape {x.shape}")
         self._check_input(x)
-        x = _flat_centred(x[: self.num_slots], self.input_size, self.input_center)
-        norms = tf.norm(x, axis=-1, keepdims=True)
-        if not bool(tf.reduce_all(norms > 0)):
+        columns = tf.transpose(_flat_centred(x[: self.num_slots], self.input_size, self.input_center))  # [D, K]
+        if not bool(tf.reduce_all(tf.norm(columns, axis=0) > 0)):
             raise ValueError("a starting pattern equals input_center everywhere: it gives no slot direction")
-        target = self.slot_init_std * math.sqrt(self.input_size)
-        return {f"{self.slots.name}/kernel": tf.transpose(x * (target / norms))}
+        return {f"{self.slots.name}/kernel": rescale_columns(columns, self.slot_init_std * math.sqrt(self.input_size))}
 
     def sharpness(self):
         """``beta``, the inverse temperature of the mixture."""

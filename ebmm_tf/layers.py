@@ -31,6 +31,7 @@ __all__ = [
     "ResBlock",
     "inverse_softplus",
     "logit",
+    "rescale_columns",
 ]
 
 
@@ -46,6 +47,12 @@ def logit(p: float) -> float:
     if not 0.0 < p < 1.0:
         raise ValueError(f"a sigmoid value must be in (0, 1), got {p}")
     return float(np.log(p) - np.log1p(-p))
+
+
+def rescale_columns(w, norm):
+    """``w [D, K]`` with every column scaled to the Euclidean norm ``norm`` (no column may be zero): starting
+    memories whose columns favour none of them through their length."""
+    return w * (norm / tf.norm(w, axis=0, keepdims=True))
 
 
 def _register_xla_dynamic_update_slice_gradient():
@@ -357,8 +364,7 @@ class WritableDense(WritableLayer):
         target = self.memory_init_std * math.sqrt(self.in_features)
 
         def equal_norm(shape, dtype=None):
-            w = normal(shape, dtype=dtype)
-            return w * (target / tf.norm(w, axis=0, keepdims=True))
+            return rescale_columns(normal(shape, dtype=dtype), target)
 
         return equal_norm
 

@@ -451,10 +451,11 @@ class Experiment:
         """``theta_bar`` from training patterns (``energy.starting_memory``): enough episodes of the training
         stream under their own seed (so the training episodes are unchanged)."""
         energy = getattr(self.memory, "energy_net", None)
-        if energy is None or not hasattr(energy, "starting_memory"):
+        need = getattr(energy, "starting_memory_size", None)
+        if need is None:
             name = type(energy or self.memory).__name__
             raise ValueError(f"Experiment.memory_from_data needs an energy with starting_memory(patterns), not {name}")
-        need, patterns = int(getattr(energy, "num_slots", 1)), []
+        need, patterns = int(need), []
         for episode in self._episodes(self.train_split, self.seed + 7919, 0):
             patterns.append(episode["patterns"])
             if sum(int(p.shape[0]) for p in patterns) >= need:

@@ -394,6 +394,7 @@ def test_memory_from_data_sets_the_starting_slots_and_learn_theta_bar_false_keep
         "Experiment.validation_every = 0",
     ]
     exp = _experiment(tmp_path, *params)
+    assert exp.memory.energy_net.starting_memory_size == 12  # one training string per slot
     slots = exp.memory.theta_bar[0].numpy()  # [128, 12]
     # one training string per slot: +-1 bits scaled to the norm 0.2 * sqrt(128), so every entry is +-0.2
     np.testing.assert_allclose(np.abs(slots), 0.2, rtol=1e-5)
