@@ -406,8 +406,13 @@ class Experiment:
         query_summary = metrics_lib.ErrorSummary()
         energies = {}
         first = []
+        # B.4's objective from the probe's own write and read (the same as meta_loss's); a memory with its own
+        # stochastic objective (the VAE's ELBO) needs its own pass, validation_loss
+        losses = [] if self.select_by == "loss" and not isinstance(self.memory, contract.OwnObjective) else None
 
         def collect(episode, own):
+            if losses is not None:
+                losses.append(float(self.memory.reconstruction_loss(episode["patterns"], own["iterates"])[0]))
             summary.accumulate(own["errors"][-1].numpy())
             query_summary.accumulate(own["query_errors"].numpy())
             for k in ("stored", "distorted", "retrieved"):
@@ -424,7 +429,7 @@ class Experiment:
         result["N"] = self.current_num_patterns
         result.update(use)
         if self.select_by == "loss":
-            result["loss"] = self.validation_loss()
+            result["loss"] = float(np.mean(losses)) if losses is not None else self.validation_loss()
         with self.valid_writer.as_default(step=step):
             if "loss" in result:
                 tf.summary.scalar("meta_loss/total", result["loss"])
