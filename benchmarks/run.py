@@ -82,6 +82,15 @@ def plan(level, xla_paper=True, memory_config="omniglot_conv_cpu"):
         return {"modes": [_modes("smoke/binary_strings", [FUNCTION, EAGER], 5, **small)]}
     if level == "quick":
         return {
+            # the configs a meta-step is compared on from one run to the next (docs/performance.md), each alone in
+            # its process so that its peak RSS is its own: paper C.3 second and first order, C.3 at CPU scale,
+            # paper C.1
+            "train": [
+                _single(HEADLINE, 3),
+                _single(HEADLINE, 3, FIRST_ORDER),
+                _single("omniglot_conv_cpu", 3),
+                _single("binary_strings", 3),
+            ],
             "modes": [
                 _modes(HEADLINE, [FUNCTION, EAGER], 2),
                 _modes("binary_strings_cpu", [FUNCTION, EAGER, XLA, FIRST_ORDER], 4),
