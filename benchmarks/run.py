@@ -118,7 +118,9 @@ def plan(level, xla_paper=True, memory_config="omniglot_conv_cpu"):
             _single(memory_config, 2, RECOMPUTE, group=f"memory:{memory_config}"),
         ],
         # every other shipped config: one process each (its own peak RSS), fewer steps at paper scale
-        "train": [_single(c, 2) for c in cpu_single] + [_single(c, 1) for c in paper],
+        "train": [_single(c, 2) for c in cpu_single]
+        + [_single(c, 1) for c in paper]
+        + [_single(HEADLINE, 2), _single(HEADLINE, 2, FIRST_ORDER), _single("omniglot_conv_cpu", 2)],
         "scaling": [
             _scaling("omniglot_conv_cpu", "N", (16, 32, 64), 2),
             _scaling("binary_strings_cpu", "T=K", (1, 3, 5), 3),

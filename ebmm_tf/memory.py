@@ -471,13 +471,17 @@ class EnergyMemory(RecallMixin, keras.Model):
     # ------------------------------------------------------------------ serialization
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         """Adds ``theta_bar`` to what ``tf.train.Checkpoint`` saves, one child per variable under its own name
-        (``theta_bar_<memory name>``). ``self.theta_bar`` is a Keras-tracked list, which Keras's own saving sees but
-        TensorFlow's object graph does not: without this a trainable ``theta_bar`` would reach a checkpoint only
-        through the optimizer's references to the variables it trains, and a fixed one not at all."""
+        (``theta_bar_<memory name>`` with ``/`` as ``_``; memory names, which also key every ``MemoryState``, come
+        from the writable layers' names, so give those layers fixed names). ``self.theta_bar`` is a Keras-tracked
+        list, which Keras's own saving sees but TensorFlow's object graph does not: without this a trainable
+        ``theta_bar`` would reach a checkpoint only through the optimizer's references to the variables it
+        trains, and a fixed one not at all."""
         children = super()._trackable_children(save_type, **kwargs)
         if save_type == "checkpoint":
             for var in self.theta_bar:
-                children.setdefault(var.name, var)
+                if children.get(var.name, var) is not var:
+                    raise ValueError(f"{var.name} names both theta_bar and another part of {self.name}")
+                children[var.name] = var
         return children
 
     def set_starting_memory(self, values):

@@ -260,7 +260,8 @@ class Experiment:
         """Checkpoints written before ``EnergyMemory`` put ``theta_bar`` in its own checkpoint entries held a fixed
         ``theta_bar`` (``learn_theta_bar = False``) under ``theta_bar/v<i>`` at the checkpoint's root: when the
         latest checkpoint is one of those, the same variables are also reachable there so that resuming restores
-        them. Returns the extra ``tf.train.Checkpoint`` children (none for every other checkpoint)."""
+        them (a run resumed from one keeps writing that alias beside the new entries). Returns the extra
+        ``tf.train.Checkpoint`` children (none for every other checkpoint)."""
         latest = tf.train.latest_checkpoint(ckpt_dir)
         if latest is None or not isinstance(self.memory, EnergyMemory):
             return {}
@@ -459,7 +460,10 @@ class Experiment:
         need = getattr(energy, "starting_memory_size", None)
         if need is None:
             name = type(energy or self.memory).__name__
-            raise ValueError(f"Experiment.memory_from_data needs an energy with starting_memory(patterns), not {name}")
+            raise ValueError(
+                f"Experiment.memory_from_data needs an energy with starting_memory(patterns) and "
+                f"starting_memory_size (how many patterns it takes), not {name}"
+            )
         need, patterns = int(need), []
         for episode in self._episodes(self.train_split, self.seed + 7919, 0):
             patterns.append(episode["patterns"])

@@ -180,24 +180,27 @@ def test_validation_split_is_a_fixed_disjoint_part_of_the_training_split():
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
-def test_checkpoints_that_held_a_fixed_theta_bar_at_their_root_still_resume(tmp_path, monkeypatch):
-    # the layout written before EnergyMemory saved theta_bar itself: the memory without theta_bar entries, a fixed
-    # theta_bar under theta_bar/v<i> at the root
+@pytest.mark.parametrize("learn_theta_bar", [False, True], ids=["fixed", "trained"])
+def test_checkpoints_written_before_theta_bar_had_its_own_entries_still_resume(tmp_path, monkeypatch, learn_theta_bar):
+    # the layout written before EnergyMemory saved theta_bar itself: the memory without theta_bar entries; a fixed
+    # theta_bar under theta_bar/v<i> at the root, a trained one only through the optimizer's variables
     params = [
         "Experiment.energy = @SlotEnergy",
         "SlotEnergy.num_slots = 12",
         "Experiment.memory_from_data = True",
-        "EnergyMemory.learn_theta_bar = False",
+        f"EnergyMemory.learn_theta_bar = {learn_theta_bar}",
     ]
     old = _experiment(tmp_path, *params)
     slots = old.memory.theta_bar[0].numpy()
     old.memory.theta_bar[0].assign(2.0 * slots)
+    legacy = tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(old.memory.theta_bar)})
+    root = {} if learn_theta_bar else {"theta_bar": legacy}
     with monkeypatch.context() as m:
         m.setattr(EnergyMemory, "_trackable_children", keras.Model._trackable_children)
         ckpt = tf.train.Checkpoint(
             memory=old.memory,
             optimizer=old.learner.optimizer,
-            theta_bar=tf.train.Checkpoint(**{f"v{i}": v for i, v in enumerate(old.memory.theta_bar)}),
+            **root,
             curriculum=tf.train.Checkpoint(stage=old.stage, stage_start=old.stage_start, streak=old.streak),
         )
         old.learner.iterations.assign(5)

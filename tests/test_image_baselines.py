@@ -119,7 +119,8 @@ def test_meta_training_loop_optimises_the_elbo():
     assert np.mean(last) < 0.8 * np.mean(first), (first, last)
 
 
-def _vae_run(tmp_path, steps=4):
+def _vae_experiment(workdir, steps=4):
+    """The VAE gin file at toy size; resumes from ``workdir``'s checkpoints if there are any."""
     gin.clear_config()
     run_lib.parse_gin(
         [os.path.join(ROOT, "gin", "baselines", "omniglot_vae_cpu.gin")],
@@ -137,10 +138,33 @@ def _vae_run(tmp_path, steps=4):
             "Experiment.log_every = 2",
         ],
     )
+    return trainer.Experiment(workdir=workdir)
+
+
+def _vae_run(tmp_path, steps=4):
     workdir = str(tmp_path / "vae")
-    trainer.Experiment(workdir=workdir).run()
+    _vae_experiment(workdir, steps).run()
     gin.clear_config()
     return workdir
+
+
+def test_vae_validation_loss_is_its_seeded_negative_elbo_not_the_read_loss(tmp_path):
+    # the VAE gin file selects best/ by the validation negative ELBO (select_by = "loss"); the probe's read loss
+    # (B.4's objective, which the VAE also provides) must not take its place
+    workdir = _vae_run(tmp_path)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        logged = [json.loads(line)["validation"] for line in f if '"validation"' in line][-1]
+    exp = _vae_experiment(workdir)  # resumes at the last step: the model that was validated
+    assert exp.select_by == "loss" and exp.restored_step == logged["step"] == 4
+    elbo = exp.validation_loss()
+    assert elbo == pytest.approx(logged["loss"], rel=1e-5)
+    reads = []
+    exp._probe.run(
+        exp.validation_data,
+        lambda ep, own: reads.append(float(exp.memory.reconstruction_loss(ep["patterns"], own["iterates"])[0])),
+    )
+    assert abs(float(np.mean(reads)) - elbo) > 1e-3 * abs(elbo)
+    gin.clear_config()
 
 
 def test_vae_gin_file_trains_and_the_read_rate_grid_uses_validation(tmp_path):
