@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ebmm_tf.layers import (
@@ -240,6 +241,50 @@ class GatedRNNEnergy(EnergyNetwork):
             smoothness_init=self.smoothness_init,
         )
         return config
+
+    def widened(self, hidden_size, seed=None):
+        """A copy with ``hidden_size`` units (more than this one's) that computes **the same energy**.
+
+        The state becomes ``[dynamic | static | new static units]``. The new units get freshly initialised
+        incoming weights (``static_x``, ``gate_x``: He normal as at construction, zero biases; ``static_h``,
+        ``gate_h``: the columns that drive them), and every weight *from* a new unit to an old unit or to the
+        energy is zero, so the old units and ``E`` are unchanged while the new units' states are not zero: their
+        output weights get a gradient from the first step. The memory (``dynamic_size`` columns) is the same
+        shape, so ``theta_bar`` and the write rates carry over (``EnergyMemory.with_energy``). Meant to continue
+        meta-training a trained memory at a larger width instead of training the wider network from scratch.
+        """
+        hidden_size = int(hidden_size)
+        if hidden_size <= self.hidden_size:
+            raise ValueError(f"widened: hidden_size must exceed {self.hidden_size}, got {hidden_size}")
+        config = dict(self.get_config(), hidden_size=hidden_size)
+        wide = type(self).from_config(config)
+        h, d, extra = self.hidden_size, self.dynamic_size, hidden_size - self.hidden_size
+        init = keras.initializers.HeNormal(seed=seed)
+
+        def fresh(shape, like):
+            return np.asarray(init(shape, dtype=like.dtype))
+
+        def put(var, value):
+            var.assign(np.asarray(value, dtype=var.dtype))
+
+        # x -> units: old columns kept, new columns fresh
+        for name in ("static_x", "gate_x"):
+            old, new = getattr(self, name), getattr(wide, name)
+            k = old.kernel.numpy()
+            put(new.kernel, np.concatenate([k, fresh((k.shape[0], extra), k)], axis=1))
+            put(new.bias, np.concatenate([old.bias.numpy(), np.zeros(extra, k.dtype)]))
+        # state -> units: rows of the new state units are zero for the old columns; the new columns are fresh
+        for name, old_cols in (("static_h", h - d), ("gate_h", h)):
+            old, new = getattr(self, name), getattr(wide, name)
+            k = old.kernel.numpy()
+            block = np.zeros((hidden_size, old_cols + extra), k.dtype)
+            block[:h, :old_cols] = k
+            block[:, old_cols:] = fresh((hidden_size, extra), k)
+            put(new.kernel, block)
+        put(wide.out.kernel, np.concatenate([self.out.kernel.numpy(), np.zeros((extra, 1), self.out.kernel.dtype)]))
+        if self.smoothness_init:
+            put(wide.smoothness_raw, self.smoothness_raw.numpy())
+        return wide
 
 
 @keras.saving.register_keras_serializable(package="ebmm_tf")

@@ -484,6 +484,21 @@ class EnergyMemory(RecallMixin, keras.Model):
                 children[var.name] = var
         return children
 
+    def with_energy(self, energy: EnergyNetwork) -> "EnergyMemory":
+        """A new ``EnergyMemory`` over ``energy`` with this one's settings, ``theta_bar`` and learned write and
+        read rates (e.g. ``memory.with_energy(memory.energy_net.widened(512))``). ``energy`` must have the same
+        memory spec (names and shapes) and the same writable layers."""
+        if energy.memory_spec() != self.energy_net.memory_spec():
+            raise ValueError(
+                f"with_energy: memory spec {energy.memory_spec()} differs from this memory's "
+                f"{self.energy_net.memory_spec()}"
+            )
+        config = {k: v for k, v in self.get_config().items() if k != "energy"}
+        new = type(self)(energy, **config)
+        for target, source in zip(new.theta_bar + new.rate_variables(), self.theta_bar + self.rate_variables()):
+            target.assign(source)
+        return new
+
     def set_starting_memory(self, values):
         """Assigns ``theta_bar`` from ``{memory name: array}`` (a subset of ``memory_names``; shapes must match)."""
         index = {n: i for i, n in enumerate(self.memory_names)}

@@ -302,6 +302,38 @@ def test_tf_checkpoint_of_the_memory_alone_holds_theta_bar(tmp_path, learn_theta
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_widened_gated_rnn_memory_writes_and_reads_exactly_as_the_narrow_one(tmp_path):
+    keras.utils.set_random_seed(11)
+    narrow = ebmm_tf.EnergyMemory(tiny_rnn(), write_steps=2, read_steps=2, write_rate_init=0.05)
+    rng = np.random.default_rng(1)
+    for v in narrow.weights:  # trained-looking values everywhere (zero biases would hide a wrong copy)
+        v.assign(v.numpy() + rng.normal(size=v.shape) * 0.1)
+    wide = narrow.with_energy(narrow.energy_net.widened(13, seed=3))
+    assert wide.energy_net.hidden_size == 13 and wide.memory_size() == narrow.memory_size()
+    copied = {id(v) for v in narrow.theta_bar + narrow.rate_variables()}
+    assert {id(v) for v in narrow.weights} - {id(v) for v in narrow.energy_net.weights} == copied
+    ep = episode((6,), 4, seed=2)
+    s_narrow, s_wide = narrow.write(ep["patterns"]), wide.write(ep["patterns"])
+    for name in narrow.memory_names:
+        np.testing.assert_allclose(s_wide.weights[name], s_narrow.weights[name], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        wide.energy(s_wide, ep["queries"]), narrow.energy(s_narrow, ep["queries"]), rtol=1e-12, atol=1e-14
+    )
+    for a, b in zip(wide.read(s_wide, ep["queries"]), narrow.read(s_narrow, ep["queries"])):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # the new units are live: their (zero) output weights get a meta-gradient, their states are not zero
+    with tf.GradientTape() as tape:
+        loss, _ = ebmm_tf.meta_loss(wide, ep)
+    g = tape.gradient(loss, wide.energy_net.out.kernel).numpy()
+    assert np.all(wide.energy_net.out.kernel.numpy()[8:] == 0) and np.linalg.norm(g[8:]) > 0
+    wide.save(tmp_path / "wide.keras")  # a start for Experiment.init_from
+    assert keras.saving.load_model(tmp_path / "wide.keras").energy_net.hidden_size == 13
+    with pytest.raises(ValueError, match="must exceed"):
+        narrow.energy_net.widened(8)
+    with pytest.raises(ValueError, match="memory spec"):
+        narrow.with_energy(ebmm_tf.GatedRNNEnergy(input_size=6, hidden_size=10, dynamic_size=2, dtype="float64"))
+
+
 def test_gated_rnn_energy_on_images_flattens_the_pixels(tmp_path):
     keras.utils.set_random_seed(3)
     net = ebmm_tf.GatedRNNEnergy(input_size=None, pattern_shape=(4, 4, 1), hidden_size=8, hops=2, dynamic_size=3)
