@@ -148,10 +148,9 @@ def _vae_run(tmp_path, steps=4):
     return workdir
 
 
-def test_vae_validation_loss_is_its_seeded_negative_elbo_not_the_read_loss(tmp_path):
+def _check_validation_loss_is_the_seeded_negative_elbo(workdir):
     # the VAE gin file selects best/ by the validation negative ELBO (select_by = "loss"); the probe's read loss
     # (B.4's objective, which the VAE also provides) must not take its place
-    workdir = _vae_run(tmp_path)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         logged = [json.loads(line)["validation"] for line in f if '"validation"' in line][-1]
     exp = _vae_experiment(workdir)  # resumes at the last step: the model that was validated
@@ -169,6 +168,7 @@ def test_vae_validation_loss_is_its_seeded_negative_elbo_not_the_read_loss(tmp_p
 
 def test_vae_gin_file_trains_and_the_read_rate_grid_uses_validation(tmp_path):
     workdir = _vae_run(tmp_path)
+    _check_validation_loss_is_the_seeded_negative_elbo(workdir)
     record = tune_read_rate(workdir, [0.01, 0.5], num_batches=2, progress=False)
     assert record["split"] == "validation" and record["seed"] == run_lib.DEFAULTS["validation_seed"]
     assert [g["read_rate"] for g in record["grid"]] == [0.01, 0.5]
