@@ -13,6 +13,7 @@ import tensorflow as tf
 from _tiny import OneLayerEnergy
 
 import ebmm_tf
+from ebmm_tf import cli
 from ebmm_tf.baselines import networks
 from ebmm_tf.baselines.autoencoder import DenoisingAutoEncoder
 from ebmm_tf.baselines.memnet import MemoryNetwork
@@ -120,6 +121,12 @@ CLI_ERRORS = {
 }
 
 
+# Every tool reports through `ebmm_tf.cli.guarded`, whose traceback switch is checked in-process for every error
+# kind (below); two cases show it end to end in a fresh process (each costs ~7 s, mostly TensorFlow's import). The
+# argparse usage errors have no traceback to show.
+TRACEBACK_CASES = ("train, misspelt binding", "analysis, missing run")
+
+
 @pytest.mark.parametrize("case", list(CLI_ERRORS), ids=list(CLI_ERRORS))
 def test_cli_user_errors_are_one_message_and_status_2(case, tmp_path):
     args, expected = CLI_ERRORS[case]
@@ -129,8 +136,52 @@ def test_cli_user_errors_are_one_message_and_status_2(case, tmp_path):
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "error: " in out.stderr and expected in out.stderr, out.stderr[-2000:]
-    if "usage:" not in out.stderr:  # argparse's own usage errors have no traceback to show
+    if case in TRACEBACK_CASES:
         again = subprocess.run(
             [sys.executable, *args], cwd=ROOT, env={**env, "EBMM_TRACEBACK": "1"}, capture_output=True, text=True
         )
         assert again.returncode != 0 and "Traceback" in again.stderr
+
+
+USER_ERRORS = [
+    ValueError("bad value"),
+    TypeError("bad type"),
+    FileNotFoundError("no such file"),
+    FileExistsError("already there"),
+    NotADirectoryError("not a folder"),
+    PermissionError("not allowed"),
+    FloatingPointError("diverged"),
+    tf.errors.InvalidArgumentError(None, None, "expected finite values"),
+]
+
+
+@pytest.mark.parametrize("error", USER_ERRORS, ids=lambda e: type(e).__name__)
+def test_guarded_turns_each_user_error_into_one_message_and_status_2_unless_asked_for_the_traceback(
+    error, monkeypatch, capsys
+):
+    def main():
+        raise error
+
+    monkeypatch.delenv("EBMM_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.guarded(main, "tool")()
+    assert exit_.value.code == cli.EXIT_USER_ERROR == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"tool: error: {getattr(error, 'message', None) or error}"
+    assert "Traceback" not in err
+    with pytest.raises(type(error)):  # --traceback of the absl tools
+        cli.guarded(main, "tool", traceback=True)()
+    monkeypatch.setenv("EBMM_TRACEBACK", "1")
+    with pytest.raises(type(error)):
+        cli.guarded(main, "tool")()
+    monkeypatch.setenv("EBMM_TRACEBACK", "0")
+    with pytest.raises(SystemExit):
+        cli.guarded(main, "tool")()
+
+
+def test_guarded_keeps_the_traceback_of_a_bug():
+    def main():
+        raise KeyError("a bug, not a user error")
+
+    with pytest.raises(KeyError):
+        cli.guarded(main, "tool")()
