@@ -359,6 +359,44 @@ def test_dkm_write_read_and_training():
         DynamicKanervaMachine(ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=6), likelihood="x")
 
 
+def test_dkm_encoder_latent_elbo_matches_a_hand_computation_and_old_files_keep_the_memory_latent():
+    """DKM's own ELBO: the pattern decoded from the encoder's z ~ N(e, sigma_z^2), the memory as z's prior
+    N(w^T M, s^2); rebuilt here from the same stateless draws, with the Gaussian KL written out."""
+    rng = np.random.default_rng(4)
+    model = DynamicKanervaMachine(
+        ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=5, dtype="float64"), num_slots=3, dtype="float64"
+    )
+    assert model.latent == "encoder"
+    model.log_latent_std.assign(-0.7)
+    model.log_noise_var.assign(-1.1)
+    x = (rng.random((4, 8, 8, 1)) < 0.3).astype(np.float64)
+    seed = 11
+    loss, terms = (a.numpy() for a in model.training_loss({"patterns": tf.constant(x)}, seed=seed))
+    e = model.network.encode(tf.constant(x)).numpy()
+    r0, u0 = (a.numpy() for a in model.prior(tf.float64))
+    s2 = np.exp(-1.1)
+    mean, cov = (a.numpy() for a in posterior_update(r0, u0, ridge_addresses(e, r0, s2), e, s2))
+    draw = lambda shape, stream: contract.sample_normal(shape, tf.float64, seed, stream).numpy()  # noqa: E731
+    chol = np.linalg.cholesky(cov + model.jitter * np.mean(np.diag(cov)) * np.eye(3))
+    m = mean + chol @ draw([3, 5], 0)
+    w = ridge_addresses(e, mean, s2).numpy() + np.exp(-2.0) * draw([4, 3], 1)
+    z_std = np.exp(-0.7)
+    z = e + z_std * draw([4, 5], 2)
+    nll = model.pixel_nll(tf.constant(x), model.network.decode(tf.constant(z))).numpy().mean()
+    kl_z = np.mean(0.5 * np.sum((z_std**2 + (e - w @ m) ** 2) / s2 - 1.0 + np.log(s2 / z_std**2), axis=-1))
+    np.testing.assert_allclose(terms[:2], [nll, kl_z], rtol=1e-8)
+    np.testing.assert_allclose(loss, terms.sum(), rtol=1e-12)
+    # the first reading ("memory"): decoded from w^T M, no KL of z; files saved before `latent` existed load as it
+    config = model.get_config()
+    assert config["latent"] == "encoder"
+    del config["latent"]
+    old = DynamicKanervaMachine.from_config(config)
+    assert old.latent == "memory" and not hasattr(old, "log_latent_std")
+    assert old.training_loss({"patterns": tf.constant(x)}, seed=seed)[1].numpy()[1] == 0.0
+    with pytest.raises(ValueError, match="latent"):
+        DynamicKanervaMachine(ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=5), latent="z")
+
+
 def test_the_two_clis_run_from_a_fresh_process(tmp_path):
     """``python -m ebmm_tf.baselines.run_dip`` (the gin file imports the model module by name) and the VAE grid's
     ``--help``: modules of their own, so gin never sees a configurable twice."""

@@ -21,13 +21,25 @@ network.encoding_size``) with ``K = num_slots`` memory rows:
   ``w = w(e, R)``, ``z = w^T R``, ``x_{t+1}`` = the decoder's mode (Bernoulli) or mean (Gaussian) at ``z``.
 * **Training** (``training_loss``, ``ebmm_tf.contract.OwnObjective``): the negative ELBO of the episode's clean
   patterns under the written memory, with reparameterised samples ``M ~ MN(R, U, I)`` (one per episode) and
-  ``w_t ~ N(w(e_t, R), sigma_w^2 I)`` (``sigma_w`` learned):
-  ``mean_t [-log p(x_t | z_t = w_t^T M) + KL(q(w_t) || N(0, I))] + KL(MN(R, U, I) || MN(R_0, U_0, I)) / T``,
-  ``KL = (C tr(U_0^{-1} U) + tr((R - R_0)^T U_0^{-1} (R - R_0)) - C K + C log det U_0 - C log det U) / 2``.
+  ``w_t ~ N(w(e_t, R), sigma_w^2 I)`` (``sigma_w`` learned). With ``latent = "encoder"`` (DKM's own ELBO, the
+  default) the pattern is reconstructed from the encoder's latent ``z_t ~ q(z_t | x_t) = N(e_t, sigma_z^2 I)``
+  and the memory enters through the latent's prior ``p(z_t | w_t, M) = N(w_t^T M, s^2 I)``:
+
+      ``mean_t [-log p(x_t | z_t) + KL(q(z_t | x_t) || p(z_t | w_t, M)) + KL(q(w_t) || N(0, I))]``
+      ``+ KL(MN(R, U, I) || MN(R_0, U_0, I)) / T``,
+      ``KL(q(z) || p(z | w, M)) = sum_c [(sigma_z^2 + (e - w^T M)_c^2) / s^2 - 1 + log(s^2 / sigma_z^2)] / 2``,
+      ``KL(MN) = (C tr(U_0^{-1} U) + tr((R - R_0)^T U_0^{-1} (R - R_0)) - C K + C log det U_0 - C log det U) / 2``.
+
+  With ``latent = "memory"`` (our first reading, kept for the runs made with it) there is no ``q(z | x)``: the
+  pattern is reconstructed from ``z_t = w_t^T M`` itself and the KL of ``z`` drops out. That model never needs
+  the written batch: with ``K < C`` the decoder learns to decode any code's projection on the memory's row space,
+  which is nearly the prior's whatever was written (measured: memory gain 0.0, docs/results.md). With the
+  encoder's latent the decoder learns codes of full dimension ``C``, and only the written ones lie in the posterior
+  memory's span, so only they survive the read's projection.
   Like the original it is trained only to explain the data (no distortion is seen).
 
-Simplification against the original (stated here and in docs/results.md): the latent ``z`` has no noise of its
-own beyond the memory's and the address's, so the ELBO has no separate ``q(z | x, M)`` term.
+Simplifications against the original (stated here and in docs/results.md): scalar learned variances
+``s^2``, ``sigma_w^2``, ``sigma_z^2``; one sample of ``M`` per episode.
 
 Paper: Figure 7 (Omniglot, batches of 16, 15% salt and pepper): DKM's error against memory size beside EBMM
 conv, curves only; Figure 8 (a 12K memory): retrievals under salt and pepper and under 16x16 block noise, where
@@ -82,6 +94,8 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
       likelihood: ``"bernoulli"`` (binary images) or ``"gaussian"`` (mean of the decoder, squared error).
       data_range: ``(lo, hi)`` of the patterns.
       jitter: added, times ``U``'s mean diagonal, to the diagonal of ``U`` before its Cholesky factor.
+      latent: ``"encoder"`` (DKM's ELBO: reconstruct from ``q(z | x)``, the memory as its prior) or ``"memory"``
+        (reconstruct from ``w^T M``); see the module docstring. The read is the same for both.
     """
 
     def __init__(
@@ -92,6 +106,7 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
         likelihood="bernoulli",
         data_range=(0.0, 1.0),
         jitter=1e-5,
+        latent="encoder",
         **kwargs,
     ):
         kwargs.setdefault("name", "dynamic_kanerva_machine")
@@ -100,6 +115,9 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
             raise ValueError(f"num_slots and read_steps must be >= 1, got {num_slots}, {read_steps}")
         self.num_slots, self.read_steps = int(num_slots), int(read_steps)
         self.jitter = float(jitter)
+        if latent not in ("encoder", "memory"):
+            raise ValueError(f'latent must be "encoder" or "memory", got {latent!r}')
+        self.latent = latent
         k, c = self.num_slots, int(network.encoding_size)
         self.code_size = c
         self.prior_mean = self.add_weight(
@@ -112,6 +130,10 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
         self.log_address_std = self.add_weight(
             name="log_address_std", shape=(), initializer=keras.initializers.Constant(-2.0)
         )
+        if latent == "encoder":
+            self.log_latent_std = self.add_weight(
+                name="log_latent_std", shape=(), initializer=keras.initializers.Constant(-2.0)
+            )
         self._init_likelihood(likelihood)
         self.built = True
 
@@ -157,8 +179,9 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
         return iterates
 
     def training_loss(self, episode, seed=None):
-        """Negative ELBO of ``episode["patterns"]`` (module docstring); ``per_term = [nll, KL_w, KL_M / T]``.
-        ``seed``: an integer fixes the samples of M and w (``contract.sample_normal``); ``None`` draws fresh ones."""
+        """Negative ELBO of ``episode["patterns"]`` (module docstring); ``per_term = [nll, KL_z, KL_w, KL_M / T]``
+        (``KL_z`` is 0 with ``latent = "memory"``). ``seed``: an integer fixes the samples of M, w and z
+        (``contract.sample_normal``); ``None`` draws fresh ones."""
         x = self.project(self._cast(episode["patterns"], "patterns"))
         dtype = x.dtype
         codes = self.network.encode(x)
@@ -171,13 +194,26 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
         w_mean = ridge_addresses(codes, mean, noise)
         w_std = tf.exp(tf.cast(self.log_address_std, dtype))
         w = w_mean + w_std * sample_normal(tf.shape(w_mean), dtype, seed, stream=1)
-        nll = tf.reduce_mean(self.pixel_nll(x, self._decode_logits(tf.matmul(w, memory))))
+        recalled = tf.matmul(w, memory)  # [T, C]: the mean of p(z | w, M)
+        if self.latent == "encoder":
+            z_std = tf.exp(tf.cast(self.log_latent_std, dtype))
+            z = codes + z_std * sample_normal(tf.shape(codes), dtype, seed, stream=2)
+            kl_z = tf.reduce_mean(
+                0.5
+                * tf.reduce_sum(
+                    (tf.square(z_std) + tf.square(codes - recalled)) / noise - 1.0 + tf.math.log(noise / z_std**2),
+                    axis=-1,
+                )
+            )
+        else:
+            z, kl_z = recalled, tf.zeros([], dtype)
+        nll = tf.reduce_mean(self.pixel_nll(x, self._decode_logits(z)))
         kl_w = tf.reduce_mean(
             0.5 * tf.reduce_sum(tf.square(w_mean) + tf.square(w_std) - 1.0 - 2.0 * tf.math.log(w_std), axis=-1)
         )
         kl_m = self.memory_kl(mean, row_cov, chol)
         t = tf.cast(tf.shape(x)[0], dtype)
-        return nll + kl_w + kl_m / t, tf.stack([nll, kl_w, kl_m / t])
+        return nll + kl_z + kl_w + kl_m / t, tf.stack([nll, kl_z, kl_w, kl_m / t])
 
     def _cholesky(self, row_cov):
         """Cholesky factor of ``U`` plus ``jitter`` times its mean diagonal (float32 round-off in the update's
@@ -202,9 +238,18 @@ class DynamicKanervaMachine(PixelLikelihood, BaselineMemory):
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_slots=self.num_slots, read_steps=self.read_steps, likelihood=self.likelihood, jitter=self.jitter
+            num_slots=self.num_slots,
+            read_steps=self.read_steps,
+            likelihood=self.likelihood,
+            jitter=self.jitter,
+            latent=self.latent,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # files saved before ``latent`` existed hold the "memory" model (and no ``log_latent_std`` weight)
+        return super().from_config({"latent": "memory", **config})
 
 
 @gin.configurable("DynamicKanervaMachine", module="ebmm_tf.baselines")
@@ -216,6 +261,7 @@ def dynamic_kanerva_machine(
     num_slots=32,
     read_steps=5,
     likelihood="bernoulli",
+    latent="encoder",
 ):
     """gin factory for ``Experiment.model``; ``network`` is called with ``pattern_shape``; ``energy`` must be None."""
     if energy is not None:
@@ -226,4 +272,5 @@ def dynamic_kanerva_machine(
         read_steps=read_steps,
         likelihood=likelihood,
         data_range=data_range,
+        latent=latent,
     )
