@@ -4,7 +4,9 @@ handling, reset between images, shapes, the evaluation record)."""
 
 import json
 import os
+import zipfile
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -359,40 +361,74 @@ def test_dkm_write_read_and_training():
         DynamicKanervaMachine(ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=6), likelihood="x")
 
 
-def test_dkm_encoder_latent_elbo_matches_a_hand_computation_and_old_files_keep_the_memory_latent():
-    """DKM's own ELBO: the pattern decoded from the encoder's z ~ N(e, sigma_z^2), the memory as z's prior
-    N(w^T M, s^2); rebuilt here from the same stateless draws, with the Gaussian KL written out."""
-    rng = np.random.default_rng(4)
-    model = DynamicKanervaMachine(
-        ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=5, dtype="float64"), num_slots=3, dtype="float64"
-    )
-    assert model.latent == "encoder"
-    model.log_latent_std.assign(-0.7)
-    model.log_noise_var.assign(-1.1)
-    x = (rng.random((4, 8, 8, 1)) < 0.3).astype(np.float64)
-    seed = 11
-    loss, terms = (a.numpy() for a in model.training_loss({"patterns": tf.constant(x)}, seed=seed))
+def _dkm_elbo_by_hand(model, x, seed):
+    """The DKM's negative ELBO terms [nll, KL_z, KL_w, KL_M / T] rebuilt in numpy from the model's pieces and the
+    same stateless draws (stream 0: M, 1: w, 2: z)."""
+    t, k, c = x.shape[0], model.num_slots, model.code_size
     e = model.network.encode(tf.constant(x)).numpy()
     r0, u0 = (a.numpy() for a in model.prior(tf.float64))
-    s2 = np.exp(-1.1)
+    s2 = float(np.exp(model.log_noise_var.numpy()))
     mean, cov = (a.numpy() for a in posterior_update(r0, u0, ridge_addresses(e, r0, s2), e, s2))
     draw = lambda shape, stream: contract.sample_normal(shape, tf.float64, seed, stream).numpy()  # noqa: E731
-    chol = np.linalg.cholesky(cov + model.jitter * np.mean(np.diag(cov)) * np.eye(3))
-    m = mean + chol @ draw([3, 5], 0)
-    w = ridge_addresses(e, mean, s2).numpy() + np.exp(-2.0) * draw([4, 3], 1)
-    z_std = np.exp(-0.7)
-    z = e + z_std * draw([4, 5], 2)
+    chol = np.linalg.cholesky(cov + model.jitter * np.mean(np.diag(cov)) * np.eye(k))
+    m = mean + chol @ draw([k, c], 0)
+    w_mean = ridge_addresses(e, mean, s2).numpy()
+    w_std = float(np.exp(model.log_address_std.numpy()))
+    w = w_mean + w_std * draw([t, k], 1)
+    if model.latent == "encoder":
+        z_std = float(np.exp(model.log_latent_std.numpy()))
+        z = e + z_std * draw([t, c], 2)
+        kl_z = np.mean(0.5 * np.sum((z_std**2 + (e - w @ m) ** 2) / s2 - 1.0 + np.log(s2 / z_std**2), axis=-1))
+    else:
+        z, kl_z = w @ m, 0.0
     nll = model.pixel_nll(tf.constant(x), model.network.decode(tf.constant(z))).numpy().mean()
-    kl_z = np.mean(0.5 * np.sum((z_std**2 + (e - w @ m) ** 2) / s2 - 1.0 + np.log(s2 / z_std**2), axis=-1))
-    np.testing.assert_allclose(terms[:2], [nll, kl_z], rtol=1e-8)
-    np.testing.assert_allclose(loss, terms.sum(), rtol=1e-12)
-    # the first reading ("memory"): decoded from w^T M, no KL of z; files saved before `latent` existed load as it
-    config = model.get_config()
-    assert config["latent"] == "encoder"
-    del config["latent"]
-    old = DynamicKanervaMachine.from_config(config)
+    kl_w = np.mean(0.5 * np.sum(w_mean**2 + w_std**2 - 1.0 - 2.0 * np.log(w_std), axis=-1))
+    u0_inv = np.linalg.inv(u0)
+    kl_m = 0.5 * (
+        c * np.trace(u0_inv @ cov)
+        + np.trace((mean - r0).T @ u0_inv @ (mean - r0))
+        - c * k
+        + c * (np.linalg.slogdet(u0)[1] - np.linalg.slogdet(chol @ chol.T)[1])
+    )
+    return np.array([nll, kl_z, kl_w, kl_m / t])
+
+
+def test_dkm_elbo_of_both_latents_matches_a_hand_computation_and_old_files_load_with_the_memory_latent(tmp_path):
+    """DKM's own ELBO (``latent = "encoder"``): the pattern decoded from the encoder's z ~ N(e, sigma_z^2), the
+    memory as z's prior N(w^T M, s^2); the first reading (``"memory"``) decodes w^T M. Every term against numpy,
+    with the Gaussian KLs written out; a .keras saved before ``latent`` existed loads as the "memory" model."""
+    rng = np.random.default_rng(4)
+    x = (rng.random((4, 8, 8, 1)) < 0.3).astype(np.float64)
+    for latent in ("encoder", "memory"):
+        model = DynamicKanervaMachine(
+            ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=5, dtype="float64"),
+            num_slots=3,
+            dtype="float64",
+            latent=latent,
+        )
+        if latent == "encoder":
+            model.log_latent_std.assign(-0.7)  # sigma_z^2 != s^2, so swapped variances would show
+        model.log_noise_var.assign(-1.1)
+        model.log_address_std.assign(-0.4)
+        model.prior_log_var.assign(rng.normal(scale=0.3, size=3))
+        loss, terms = (a.numpy() for a in model.training_loss({"patterns": tf.constant(x)}, seed=11))
+        np.testing.assert_allclose(terms, _dkm_elbo_by_hand(model, x, 11), rtol=1e-8, atol=1e-12, err_msg=latent)
+        np.testing.assert_allclose(loss, terms.sum(), rtol=1e-12)
+        assert (terms[1] > 0) == (latent == "encoder")
+    # a file of the "memory" model as saved before the option existed: no `latent` in its config
+    path = str(tmp_path / "old.keras")
+    model.save(path)
+    with zipfile.ZipFile(path) as zin:
+        files = {name: zin.read(name) for name in zin.namelist()}
+    config = json.loads(files["config.json"])
+    del config["config"]["latent"]
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as zout:
+        for name, data in files.items():
+            zout.writestr(name, data)
+    old = keras.saving.load_model(path)
     assert old.latent == "memory" and not hasattr(old, "log_latent_std")
-    assert old.training_loss({"patterns": tf.constant(x)}, seed=seed)[1].numpy()[1] == 0.0
+    np.testing.assert_allclose(old.training_loss({"patterns": tf.constant(x)}, seed=11)[0].numpy(), loss, rtol=1e-12)
     with pytest.raises(ValueError, match="latent"):
         DynamicKanervaMachine(ConvAutoEncoder((8, 8, 1), channels=2, encoding_size=5), latent="z")
 

@@ -122,9 +122,10 @@ CLI_ERRORS = {
 
 
 # Every tool reports through `ebmm_tf.cli.guarded`, whose traceback switch is checked in-process for every error
-# kind (below); two cases show it end to end in a fresh process (each costs ~7 s, mostly TensorFlow's import). The
-# argparse usage errors have no traceback to show.
-TRACEBACK_CASES = ("train, misspelt binding", "analysis, missing run")
+# kind (below); two absl tools show it end to end in a fresh process, one through EBMM_TRACEBACK=1 and one through
+# its --traceback flag (each costs ~7 s, mostly TensorFlow's import). Argparse usage errors have no traceback.
+TRACEBACK_CASES = {"train, misspelt binding": "env", "analysis, missing run": "flag"}
+assert set(TRACEBACK_CASES) <= set(CLI_ERRORS)
 
 
 @pytest.mark.parametrize("case", list(CLI_ERRORS), ids=list(CLI_ERRORS))
@@ -137,8 +138,13 @@ def test_cli_user_errors_are_one_message_and_status_2(case, tmp_path):
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "error: " in out.stderr and expected in out.stderr, out.stderr[-2000:]
     if case in TRACEBACK_CASES:
+        by_flag = TRACEBACK_CASES[case] == "flag"
         again = subprocess.run(
-            [sys.executable, *args], cwd=ROOT, env={**env, "EBMM_TRACEBACK": "1"}, capture_output=True, text=True
+            [sys.executable, *args, *(["--traceback"] if by_flag else [])],
+            cwd=ROOT,
+            env=env if by_flag else {**env, "EBMM_TRACEBACK": "1"},
+            capture_output=True,
+            text=True,
         )
         assert again.returncode != 0 and "Traceback" in again.stderr
 
@@ -179,9 +185,11 @@ def test_guarded_turns_each_user_error_into_one_message_and_status_2_unless_aske
         cli.guarded(main, "tool")()
 
 
-def test_guarded_keeps_the_traceback_of_a_bug():
+def test_guarded_keeps_the_traceback_of_a_bug(monkeypatch):
     def main():
         raise KeyError("a bug, not a user error")
+
+    monkeypatch.delenv("EBMM_TRACEBACK", raising=False)
 
     with pytest.raises(KeyError):
         cli.guarded(main, "tool")()
