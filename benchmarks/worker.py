@@ -11,6 +11,9 @@ The last line of stdout is ``BENCH_RESULT <json>``. Job kinds:
 * ``export``: builds a gin experiment's model and exports it with ``ebmm_tf.export.export_memory``.
 * ``serve``: loads a SavedModel with ``tf.saved_model.load`` and times its ``write`` and ``recall`` signatures.
 * ``peak``: the matmul peak alone.
+
+Every kind accepts ``threads`` (``[inter_op, intra_op]``) and ``grappler`` (a dict for
+``tf.config.optimizer.set_experimental_options``, e.g. ``{"disable_meta_optimizer": true}``).
 """
 
 from __future__ import annotations
@@ -251,10 +254,15 @@ def main(argv):
         inter, intra = job["threads"]
         tf.config.threading.set_inter_op_parallelism_threads(int(inter))
         tf.config.threading.set_intra_op_parallelism_threads(int(intra))
+    if job.get("grappler"):
+        # e.g. {"disable_meta_optimizer": true}: TensorFlow's graph optimiser options for every function
+        tf.config.optimizer.set_experimental_options(job["grappler"])
     t = time.perf_counter()
     result = runners[kind](job)
     result["wall_s"] = time.perf_counter() - t
     result["job"] = job
+    if job.get("grappler"):
+        result["grappler"] = tf.config.optimizer.get_experimental_options()
     print("BENCH_RESULT " + json.dumps(result), flush=True)
     return 0
 

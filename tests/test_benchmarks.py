@@ -46,6 +46,22 @@ def test_smoke_benchmark_runs_and_writes_valid_json(tmp_path):
     assert "function" in proc.stdout and "wrote" in proc.stdout  # the printed table
 
 
+def test_worker_applies_the_graph_optimiser_options():
+    job = {"kind": "peak", "peak_size": 64, "peak_repeats": 1, "grappler": {"disable_meta_optimizer": True}}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", json.dumps(job)],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1].split(" ", 1)[1])
+    assert result["grappler"]["disable_meta_optimizer"] is True
+    assert result["best_gflops"] > 0
+
+
 # ---------------------------------------------------------------------------------------------------- core options
 def _meta_gradients(mem, ep, compiled):
     def grads():
