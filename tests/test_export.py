@@ -539,6 +539,19 @@ def test_export_refuses_to_overwrite_unless_asked_and_replaces_when_asked(binary
     assert ebmm_export.verify_export(binary.memory, str(target)) < 1e-5
 
 
+def test_verify_export_catches_an_export_of_other_weights(binary, tmp_path):
+    target = tmp_path / "m" / "1"
+    ebmm_export.export_memory(binary.memory, target, keras_copy=False)
+    assert ebmm_export.verify_export(binary.memory, str(target)) < 1e-5
+    other = keras.saving.load_model(binary.keras_file)
+    other.read_step_raw.assign(other.read_step_raw + 1.0)  # a read step size: the write is unchanged
+    with pytest.raises(AssertionError, match="recall differs"):
+        ebmm_export.verify_export(other, str(target))
+    other.theta_bar[0].assign(other.theta_bar[0] + 0.5)
+    with pytest.raises(AssertionError, match="write differs"):
+        ebmm_export.verify_export(other, str(target))
+
+
 def test_workdir_prefers_best_then_latest_and_names_both_when_missing(binary, tmp_path):
     workdir = tmp_path / "run"
     with pytest.raises(FileNotFoundError) as info:
