@@ -539,9 +539,8 @@ def test_export_refuses_to_overwrite_unless_asked_and_replaces_when_asked(binary
     assert ebmm_export.verify_export(binary.memory, str(target)) < 1e-5
 
 
-def test_verify_export_catches_an_export_of_other_weights(binary, tmp_path):
-    target = tmp_path / "m" / "1"
-    ebmm_export.export_memory(binary.memory, target, keras_copy=False)
+def test_verify_export_catches_an_export_of_other_weights(binary):
+    target = binary.export_dir  # the fixture's export of binary.memory
     assert ebmm_export.verify_export(binary.memory, str(target)) < 1e-5
     other = keras.saving.load_model(binary.keras_file)
     other.read_step_raw.assign(other.read_step_raw + 1.0)  # a read step size: the write is unchanged
