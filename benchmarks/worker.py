@@ -13,7 +13,10 @@ The last line of stdout is ``BENCH_RESULT <json>``. Job kinds:
 * ``peak``: the matmul peak alone.
 
 Every kind accepts ``threads`` (``[inter_op, intra_op]``) and ``grappler`` (a dict for
-``tf.config.optimizer.set_experimental_options``, e.g. ``{"disable_meta_optimizer": true}``).
+``tf.config.optimizer.set_experimental_options``, e.g. ``{"disable_meta_optimizer": true}``). A ``train`` variant
+may carry its own ``grappler`` dict: it is in force for every call of that variant's step (the first call, which
+optimises the graph, and the timed ones), so variants with different graph-optimiser passes are timed interleaved in
+one process, their ratios side by side.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ class RssSampler:
 def _variant_job(job, variant):
     merged = {k: v for k, v in job.items() if k != "variants"}
     merged.update(variant)
+    # the job's options are set process-wide by main(); a variant's own are switched around its calls (_grappler)
+    merged["job_grappler"] = job.get("grappler") or {}
+    merged["variant_grappler"] = variant.get("grappler") or {}
     merged["params"] = list(job.get("params", ())) + list(variant.get("params", ()))
     return merged
 
@@ -114,12 +120,35 @@ def _prepare(v, learner, episode, out):
         if v.get("count_flops", True):
             out.update(common.count_flops(concrete))
         del concrete
-    with _eager(mode == "eager"):
+    with _eager(mode == "eager"), _grappler(v.get("job_grappler"), v.get("variant_grappler")):
         t = time.perf_counter()
         learner.train_step(episode)
         out["first_step_s"] = time.perf_counter() - t
+    if v.get("variant_grappler"):
+        with _grappler(v.get("job_grappler"), v.get("variant_grappler")):
+            out["grappler"] = tf.config.optimizer.get_experimental_options()
     out["rss_after_first_mb"] = common.current_rss_mb()
     return learner, episode, out
+
+
+class _grappler:
+    """The variant's own graph-optimiser options (on top of the job's) while its step runs; back to the job's after.
+
+    TensorFlow optimises a function's graph when the function is first called, with the options in force then; the
+    options travel with every call, so each variant keeps its own set throughout."""
+
+    def __init__(self, job_options, variant_options):
+        self.job_options = dict(job_options or {})
+        self.variant_options = dict(variant_options or {})
+
+    def __enter__(self):
+        if self.variant_options:
+            tf.config.optimizer.set_experimental_options(self.variant_options)
+
+    def __exit__(self, *exc):
+        if self.variant_options:
+            # None restores TensorFlow's default for an option the job does not set
+            tf.config.optimizer.set_experimental_options({k: self.job_options.get(k) for k in self.variant_options})
 
 
 class _eager:
@@ -153,7 +182,8 @@ def run_train(job):
             order = order[r % len(order) :] + order[: r % len(order)]  # rotate: no variant always runs first
             for i in order:
                 learner, episode, _ = prepared[i]
-                with _eager(variants[i].get("mode") == "eager"):
+                v = variants[i]
+                with _eager(v.get("mode") == "eager"), _grappler(v.get("job_grappler"), v.get("variant_grappler")):
                     step_base[i] = min(step_base[i], sampler.reset())
                     t = time.perf_counter()
                     learner.train_step(episode)

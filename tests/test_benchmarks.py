@@ -62,6 +62,60 @@ def test_worker_applies_the_graph_optimiser_options():
     assert result["best_gflops"] > 0
 
 
+def test_a_variants_graph_optimiser_options_hold_only_around_its_own_calls():
+    from benchmarks.worker import _grappler
+
+    before = tf.config.optimizer.get_experimental_options()
+    assert before.get("remapping") is not False
+    with _grappler({"constant_folding": False}, {"remapping": False, "constant_folding": True}):
+        inside = tf.config.optimizer.get_experimental_options()
+        assert inside["remapping"] is False and inside["constant_folding"] is True
+    after = tf.config.optimizer.get_experimental_options()
+    # back to the job's value where the job sets one, to TensorFlow's default elsewhere
+    assert after.get("constant_folding") is False and after.get("remapping") == before.get("remapping")
+    tf.config.optimizer.set_experimental_options({"constant_folding": None})
+    assert tf.config.optimizer.get_experimental_options() == before
+
+
+def _worker_with_optimiser_log(job):
+    """Runs a worker job with Grappler's per-function log on; returns (result, number of graphs it optimised)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", json.dumps(job)],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="meta_optimizer=1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1].split(" ", 1)[1])
+    return result, proc.stderr.count("Starting optimization for grappler item")
+
+
+def test_worker_times_variants_with_their_own_graph_optimiser_options():
+    def job(second):
+        return {
+            "kind": "train",
+            "config": "smoke/binary_strings",
+            "variants": [{"label": "default"}, second],
+            "rounds": 2,
+            "peak_size": 64,
+            "peak_repeats": 1,
+        }
+
+    result, optimised_off = _worker_with_optimiser_log(
+        job({"label": "off", "grappler": {"disable_meta_optimizer": True}})
+    )
+    default, off = result["variants"]
+    assert "grappler" not in default and off["grappler"]["disable_meta_optimizer"] is True
+    assert off["job"]["variant_grappler"] == {"disable_meta_optimizer": True}
+    assert len(default["step"]["times_s"]) == len(off["step"]["times_s"]) == 2
+    assert "grappler" not in result  # the job itself set nothing process-wide
+    # the option reached the second variant's graphs only: with two default variants, Grappler optimises more graphs
+    _, optimised_both = _worker_with_optimiser_log(job({"label": "default 2"}))
+    assert 0 < optimised_off < optimised_both
+
+
 # ---------------------------------------------------------------------------------------------------- core options
 def _meta_gradients(mem, ep, compiled):
     def grads():
