@@ -25,6 +25,37 @@ REPLAYED = 8  # episodes replayed by the default tests
 # Hamming errors are counts of binarized pixels: float differences between the SavedModel's graph and the Keras
 # model can flip a pixel sitting exactly at the threshold, so batch means are compared to a small fraction of a bit.
 BATCH_MEAN_ATOL = {"hamming": 0.05, "squared": 1e-3}
+# The tests replay on whatever CPU runs them, not the one that recorded the figures. Another instruction set (AVX2
+# against AVX-512) sums float32 in another order, and an image memory's pattern near a tie between two attractors can
+# then be read from the other one. Measured, recorded on an Intel AVX-512 machine and replayed on an AMD AVX2 one:
+# cifar10_slot_n64 kept 5 of 8 batch means to a relative 1e-3 and moved one by 7.9%; omniglot_slot_n64 kept 7 of 8
+# to 0.02 bits and moved one by 2.5 of 33 bits. So most batches must replay to rounding (the same episodes through
+# the same weights), none may move by more than such a flip's share, and the mean over the replayed batches stays
+# within 2%.
+REPLAY_RTOL, FLIP_RTOL, MEAN_RTOL = 2e-3, 0.1, 0.02
+
+
+def _assert_replays(actual, recorded, metric, scale=1):
+    """``actual`` per-batch figures (errors, or memory gains with ``scale=2``) reproduce the ``recorded`` ones."""
+    actual, recorded = np.asarray(actual, np.float64), np.asarray(recorded, np.float64)
+    assert actual.shape == recorded.shape, (actual.shape, recorded.shape)
+    atol = scale * BATCH_MEAN_ATOL[metric]
+    excess = np.abs(actual - recorded) - atol  # beyond rounding, as a fraction of the recorded figure:
+    relative = np.maximum(excess, 0) / np.maximum(np.abs(recorded), atol)
+    if relative.size >= 3:  # a single figure (one batch, or a mean over 1,000) may be the one that moved
+        assert np.median(relative) <= REPLAY_RTOL, (actual, recorded, relative)
+    assert np.max(relative) <= FLIP_RTOL, (actual, recorded, relative)
+    assert abs(actual.mean() - recorded.mean()) <= atol + MEAN_RTOL * abs(recorded.mean()), (actual, recorded)
+
+
+@pytest.mark.parametrize("export_dir", EXPORTS, ids=IDS)
+def test_the_replay_check_tells_other_episodes_apart(export_dir):
+    """The cross-machine tolerance still fails a replay of other episodes (the record shifted by one batch)."""
+    record = _record(export_dir)
+    means = record["batch_means"]
+    _assert_replays(means[:REPLAYED], means[:REPLAYED], record["metric"])
+    with pytest.raises(AssertionError):
+        _assert_replays(means[1 : REPLAYED + 1], means[:REPLAYED], record["metric"])
 
 
 def test_models_are_shipped():
@@ -74,9 +105,7 @@ def test_recorded_metrics_reproduce_on_the_first_episodes(export_dir):
     again = evaluate.evaluate_model(
         model, protocol, REPLAYED, seed=record["seed"], split=record["split"], data_dir=data_dir, progress=False
     )
-    np.testing.assert_allclose(
-        again["batch_means"], record["batch_means"][:REPLAYED], atol=BATCH_MEAN_ATOL[record["metric"]]
-    )
+    _assert_replays(again["batch_means"], record["batch_means"][:REPLAYED], record["metric"])
     assert model.memory_size() == record["memory_size"]
 
 
@@ -130,7 +159,7 @@ def test_shipped_savedmodel_recalls_in_a_fresh_process(export_dir, tmp_path):
     np.testing.assert_allclose(served["energy"], model.energy(state, served["retrieved"]).numpy(), rtol=1e-4, atol=1e-3)
 
     batch_mean = float(np.mean(trainer.per_pattern_error(protocol.source, patterns, served["retrieved"])))
-    assert abs(batch_mean - record["batch_means"][0]) <= BATCH_MEAN_ATOL[record["metric"]]
+    _assert_replays([batch_mean], record["batch_means"][:1], record["metric"])
     assert batch_mean < record["query_mean"] / 2, "recall must repair most of the distortion"
 
 
@@ -192,12 +221,7 @@ def test_recorded_memory_gain_reproduces_through_the_signatures_in_a_fresh_proce
         err = lambda x: float(np.mean(trainer.per_pattern_error(protocol.source, ep["patterns"], x)))
         gains.append(err(out["other"][i]) - err(out["own"][i]))
     # episode 0 was paired with the last of all recorded episodes; episodes 1.. with their predecessor
-    tol = 2 * BATCH_MEAN_ATOL[record["metric"]]
-    # Squared errors: relative 0.5% as well. Through the SavedModel's graph the float32 sums round differently, and a
-    # slot memory's pattern near a tie between two slots can then take the other one (measured: one batch of 64 of
-    # cifar10_slot_n64 off by 0.49 of 122, the others by < 0.05).
-    rtol = 5e-3 if record["metric"] == "squared" else 0.0
-    np.testing.assert_allclose(gains[1:], record["memory_gain_batches"][1:REPLAYED], atol=tol, rtol=rtol)
+    _assert_replays(gains[1:], record["memory_gain_batches"][1:REPLAYED], record["metric"], scale=2)
     assert record["uses_memory"] and record["memory_gain_p5"] > 0 and min(gains[1:]) > 0
 
 
@@ -217,5 +241,5 @@ def test_full_recorded_evaluation_reproduces(export_dir, tmp_path):
     with open(prefix + ".json") as f:
         again = json.load(f)
     assert record["p5"] <= again["mean"] <= record["p95"]
-    assert abs(again["mean"] - record["mean"]) <= BATCH_MEAN_ATOL[record["metric"]]
-    assert abs(again["memory_gain"] - record["memory_gain"]) <= 2 * BATCH_MEAN_ATOL[record["metric"]]
+    _assert_replays([again["mean"]], [record["mean"]], record["metric"])
+    _assert_replays([again["memory_gain"]], [record["memory_gain"]], record["metric"], scale=2)
