@@ -29,6 +29,14 @@ def set_threads(intra_op=0, inter_op=0):
         tf.config.threading.set_intra_op_parallelism_threads(int(intra_op))
     if inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(int(inter_op))
+    if intra_op or inter_op:
+        import logging
+
+        logging.getLogger("ebmm_tf").info(
+            "TensorFlow threads: %d per op, %d ops at once (0: all cores)",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
 
 
 def _user_errors():

@@ -438,6 +438,9 @@ def _define_flags():
     flags.DEFINE_bool(
         "memory_use", True, "also read each batch from another batch's memory: memory gain, energy AUC, writes"
     )
+    flags.DEFINE_integer(
+        "intra_op_threads", 0, "threads per TensorFlow op (0: TensorFlow's default, all cores); 1 beside a training"
+    )
 
 
 def main(argv):
@@ -447,6 +450,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ebmm_tf.cli import set_threads
+
+    set_threads(FLAGS.intra_op_threads, 1 if FLAGS.intra_op_threads else 0)
     r = evaluate(
         FLAGS.workdir,
         num_batches=FLAGS.num_batches,

@@ -63,6 +63,7 @@ def _train(workdir, gin_file, *params):
 def _wait(proc, timeout=600):
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
+    proc.stderr_text = err
     return out
 
 
@@ -85,7 +86,7 @@ def runs(tmp_path_factory):
     dirs = {k: str(root / k) for k in procs}
     if HAVE_DATA:
         cmd = [sys.executable, "-m", "ebmm_tf.evaluate", f"--workdir={dirs['omniglot']}", "--num_batches=3"]
-        cmd += ["--figures", "--figure_batches=1", "--output_prefix=cli", "--noprogress"]
+        cmd += ["--figures", "--figure_batches=1", "--output_prefix=cli", "--noprogress", "--intra_op_threads=1"]
         dirs["cli"] = subprocess.Popen(
             cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -317,6 +318,7 @@ def test_cli_on_omniglot_writes_eval_json_markdown_and_figures(runs):
     assert 100 < r["query_mean"] < 160  # ~128 of the 256 block pixels differ
     md = open(os.path.join(workdir, "cli.md")).read()
     assert "| retrieved |" in md and f"{r['mean']:.3f}" in md and "Evaluation of" in out
+    assert "TensorFlow threads: 1 per op, 1 ops at once" in runs["cli"].stderr_text  # --intra_op_threads=1
 
     rows, cols = 4, 2 + len(r["per_iterate_mean"])  # original, query, K iterates
     with Image.open(r["figures"]["retrieval"]) as im:

@@ -459,7 +459,7 @@ def test_the_two_clis_run_from_a_fresh_process(tmp_path):
     record = json.load(open(out + ".json"))
     assert record["num_images"] == 1 and os.path.exists(out + ".md")
     proc = subprocess.run(
-        [sys.executable, "-m", "ebmm_tf.baselines.tune_vae", "--workdir=/nonexistent"],
+        [sys.executable, "-m", "ebmm_tf.baselines.tune_vae", "--workdir=/nonexistent", "--intra_op_threads=1"],
         capture_output=True,
         text=True,
         timeout=300,
