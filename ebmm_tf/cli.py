@@ -18,12 +18,16 @@ __all__ = ["EXIT_USER_ERROR", "guarded", "run_absl", "set_threads"]
 EXIT_USER_ERROR = 2
 
 
-def set_threads(intra_op=0, inter_op=0):
+def set_threads(intra_op=0, inter_op=None):
     """TensorFlow's thread pools for a command-line run: ``intra_op`` threads per op, ``inter_op`` ops at once.
 
-    0 leaves TensorFlow's default (all cores). Must run before TensorFlow executes its first op.
+    0 leaves TensorFlow's default (all cores); ``inter_op=None``: one op at a time when ``intra_op`` is set, else
+    the default. Must run before TensorFlow executes its first op.
     """
     import tensorflow as tf
+
+    if inter_op is None:
+        inter_op = 1 if intra_op else 0
 
     if intra_op:
         tf.config.threading.set_intra_op_parallelism_threads(int(intra_op))

@@ -452,7 +452,7 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ebmm_tf.cli import set_threads
 
-    set_threads(FLAGS.intra_op_threads, 1 if FLAGS.intra_op_threads else 0)
+    set_threads(FLAGS.intra_op_threads)
     r = evaluate(
         FLAGS.workdir,
         num_batches=FLAGS.num_batches,

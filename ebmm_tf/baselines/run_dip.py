@@ -33,7 +33,7 @@ def main(argv):
         raise app.UsageError("give at least one --gin_file (e.g. gin/baselines/imagenet64_dip_cpu.gin)")
     from ebmm_tf.cli import set_threads
 
-    set_threads(FLAGS.intra_op_threads, 1 if FLAGS.intra_op_threads else 0)
+    set_threads(FLAGS.intra_op_threads)
     from ebmm_tf import run as run_lib
     from ebmm_tf.baselines import deep_image_prior
 

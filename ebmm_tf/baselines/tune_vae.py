@@ -24,7 +24,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from ebmm_tf.cli import set_threads
 
-    set_threads(FLAGS.intra_op_threads, 1 if FLAGS.intra_op_threads else 0)
+    set_threads(FLAGS.intra_op_threads)
     from ebmm_tf.baselines.vae import tune_read_rate
 
     tune_read_rate(FLAGS.workdir, [float(r) for r in FLAGS.rates], FLAGS.num_batches, FLAGS.data_dir, FLAGS.progress)
