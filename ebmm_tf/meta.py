@@ -70,6 +70,11 @@ class MetaLearner:
         still applies to the global norm of all gradients together.
       decay_steps, decay_to: if ``decay_steps`` is set, both learning rates follow a cosine decay from their
         value to ``decay_to`` times it over ``decay_steps`` optimiser steps (then stay there); default constant.
+      step_weights: weights ``w_k`` of the K read steps' reconstruction terms in the objective that is
+        differentiated, ``sum_k w_k mean_i ||x_i - x_i^(k)||^2``; ``None`` (default): all 1, B.4's loss. A training
+        choice, not a change of the model: e.g. ``(0, 0, 0, 0, 1)`` trains only for the last iterate, the one
+        that the evaluation scores (B.4's equal weights let the large early-step errors dominate the gradient).
+        The logged ``loss`` stays B.4's, so runs with different weights compare on one scale.
       nested_steps: trace each write and read step once as a nested ``tf.function`` instead of unrolling all
         of them into one graph (``EnergyMemory.nested_step_functions``): same maths, several times less time
         before the first step, same step time (docs/performance.md). Ignored with ``jit_compile``.
@@ -89,6 +94,7 @@ class MetaLearner:
         rate_learning_rate=None,
         decay_steps=None,
         decay_to=0.1,
+        step_weights=None,
     ):
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
@@ -104,6 +110,16 @@ class MetaLearner:
         if rate_learning_rate is not None and rate_learning_rate <= 0:
             raise ValueError(f"rate_learning_rate must be positive or None, got {rate_learning_rate}")
         self.variables = list(memory.trainable_variables)
+        self.step_weights = None
+        if step_weights is not None:
+            if isinstance(memory, contract.OwnObjective) or not hasattr(memory, "read_steps"):
+                raise ValueError(f"step_weights needs a memory read in steps, got {type(memory).__name__}")
+            weights = [float(w) for w in step_weights]
+            if len(weights) != memory.read_steps:
+                raise ValueError(f"step_weights needs {memory.read_steps} weights (one per read step), got {weights}")
+            if min(weights) < 0 or not sum(weights) > 0:
+                raise ValueError(f"step_weights must be >= 0 with a positive sum, got {weights}")
+            self.step_weights = weights
         rate_ids = set()
         if rate_learning_rate is not None:
             if not isinstance(memory, contract.LearnedRates):
@@ -147,7 +163,11 @@ class MetaLearner:
             nested = contextlib.nullcontext()
         with nested, tf.GradientTape() as tape:
             loss, aux = meta_loss(self.memory, episode, self.first_order)
-        grads = tape.gradient(loss, self.variables)
+            objective = loss
+            if self.step_weights is not None:
+                weights = tf.constant(self.step_weights, aux["per_step"].dtype)
+                objective = tf.reduce_sum(weights * aux["per_step"])
+        grads = tape.gradient(objective, self.variables)
         missing = [v.path for v, g in zip(self.variables, grads) if g is None]
         if missing:
             raise ValueError(f"These trainable variables get no meta-gradient: {missing}")

@@ -490,3 +490,34 @@ def test_slot_energy_is_a_gaussian_mixture_and_its_read_moves_to_the_matching_sl
     for bad in bads + (dict(slot_init_std=-1.0), dict(input_center=np.nan)):
         with pytest.raises(ValueError):
             ebmm_tf.SlotEnergy(pattern_shape=(2, 3, 1), **bad)
+
+
+# ---------------------------------------------------------------------------------------------------- step weights
+def test_step_weights_differentiate_the_weighted_read_terms_and_log_b4s_loss():
+    keras.utils.set_random_seed(3)
+    mem = ebmm_tf.EnergyMemory(
+        tiny_rnn(), write_steps=2, read_steps=3, data_range=(-1.0, 1.0), write_rate_init=0.1, dtype="float64"
+    )
+    ep = {k: tf.constant(v) for k, v in episode((6,), 4, data_range=(-1.0, 1.0), seed=1, clamp=True).items()}
+    weights = (0.0, 0.5, 2.0)
+    grads, metrics = ebmm_tf.MetaLearner(mem, step_weights=weights).compute_gradients(ep)
+    with tf.GradientTape() as tape:  # independent: the per-step terms written out by hand
+        state = mem.write(ep["patterns"])
+        iterates = mem.read(state, ep["queries"], ep["clamp"])
+        terms = [tf.reduce_mean(tf.reduce_sum(tf.square(ep["patterns"] - it), -1)) for it in iterates]
+        objective = sum(w * t for w, t in zip(weights, terms))
+    expected = tape.gradient(objective, mem.trainable_variables)
+    for g, e in zip(grads, expected):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(float(metrics["loss"]), float(sum(terms)), rtol=1e-12)  # the log keeps B.4's loss
+    default, _ = ebmm_tf.MetaLearner(mem).compute_gradients(ep)
+    assert not np.allclose(default[0].numpy(), grads[0].numpy())  # the weights change the gradient
+
+
+@pytest.mark.parametrize(
+    "weights, match", [((1.0, 1.0), "needs 3 weights"), ((0.0, -1.0, 1.0), ">= 0"), ((0.0, 0.0, 0.0), "positive sum")]
+)
+def test_bad_step_weights_are_refused(weights, match):
+    mem = ebmm_tf.EnergyMemory(tiny_rnn(), write_steps=1, read_steps=3)
+    with pytest.raises(ValueError, match=match):
+        ebmm_tf.MetaLearner(mem, step_weights=weights)
