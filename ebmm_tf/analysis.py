@@ -308,24 +308,33 @@ def validation_history(workdir):
     return [validations[k] for k in sorted(validations)], moves
 
 
-def training_curve(workdirs, path, labels=None, title=None, dpi=80):
+def training_curve(workdirs, path, labels=None, title=None, dpi=80, logy=False, step_offsets=None):
     """Validation error (solid), error from another batch's memory (dotted), the query's error (dashed, grey)
     and the memory gain (lower panel) vs step, one colour per run; curriculum moves as vertical lines labelled
-    with the new N. Returns ``{label: [(step, mean, memory_gain), ...]}``."""
+    with the new N. Returns ``{label: [(step, mean, memory_gain), ...]}``.
+
+    ``logy``: logarithmic error axis (errors near 0 beside the query's 32 bits). ``step_offsets``: one per workdir,
+    added to its steps, to draw a run that continued another one's checkpoint (``Experiment.init_from``) after it.
+    """
     plt = _pyplot()
     labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
     if len(labels) != len(workdirs):
         raise ValueError(f"got {len(labels)} labels for {len(workdirs)} workdirs")
+    step_offsets = list(step_offsets) if step_offsets else [0] * len(workdirs)
+    if len(step_offsets) != len(workdirs):
+        raise ValueError(f"got {len(step_offsets)} step offsets for {len(workdirs)} workdirs")
     fig, (ax, ax_gain) = plt.subplots(2, 1, figsize=(6.0, 5.0), sharex=True, constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     out = {}
     metric = "error"
-    for i, (workdir, label) in enumerate(zip(workdirs, labels)):
+    for i, (workdir, label, offset) in enumerate(zip(workdirs, labels, step_offsets)):
         vals, moves = validation_history(workdir)
         if not vals:
             raise ValueError(f"{workdir} has no validation yet")
         c = colors[i % len(colors)]
         metric = vals[-1].get("metric", metric)
+        vals = [dict(v, step=v["step"] + offset) for v in vals]
+        moves = [(step + offset, old, new) for step, old, new in moves]
         steps = [v["step"] for v in vals]
         ax.plot(steps, [v["mean"] for v in vals], "-", color=c, label=label)
         gain = [v.get("memory_gain", float("nan")) for v in vals]
@@ -339,6 +348,8 @@ def training_curve(workdirs, path, labels=None, title=None, dpi=80):
             ax_gain.annotate(f"N={new_n}", (step, 0), fontsize=6, color=c, rotation=90, va="bottom")
         out[label] = [(v["step"], v["mean"], v.get("memory_gain")) for v in vals]
     ax.set_ylabel(f"validation {metric} error")
+    if logy:
+        ax.set_yscale("log")
     ax.legend(fontsize=7, title="solid: own memory, dotted: another batch's, dashed: query", title_fontsize=6)
     ax_gain.axhline(0.0, color="k", linewidth=0.6)
     ax_gain.set_ylabel("memory gain")
@@ -394,6 +405,8 @@ def _define_flags():
     flags.DEFINE_string("title", None, "plot title")
     flags.DEFINE_string("param", "size", "noise_sweep: distortion parameter on the x axis (size, rate, ...)")
     flags.DEFINE_bool("logx", True, "distortion_rate: logarithmic memory axis")
+    flags.DEFINE_bool("logy", False, "training_curve: logarithmic error axis")
+    flags.DEFINE_multi_integer("step_offset", None, "training_curve: added to each --workdir's steps (same order)")
 
 
 def main(argv):
@@ -407,7 +420,14 @@ def main(argv):
     if argv[1] == "training_curve":
         if not FLAGS.workdir:
             raise app.UsageError("give at least one --workdir")
-        out = training_curve(FLAGS.workdir, FLAGS.output, labels=FLAGS.label, title=FLAGS.title)
+        out = training_curve(
+            FLAGS.workdir,
+            FLAGS.output,
+            labels=FLAGS.label,
+            title=FLAGS.title,
+            logy=FLAGS.logy,
+            step_offsets=FLAGS.step_offset,
+        )
     elif not FLAGS.eval_json:
         raise app.UsageError("give at least one --eval_json")
     elif argv[1] == "capacity_curve":

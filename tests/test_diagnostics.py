@@ -337,6 +337,12 @@ def test_training_curve_reads_validations_and_curriculum_moves(tmp_path):
     out = analysis.training_curve([str(tmp_path)], str(tmp_path / "curve.png"), labels=["run"])
     assert out == {"run": [(0, 9.0, 0.5), (5, 6.0, 3.0), (9, 7.0, 1.0)]}
     assert (tmp_path / "curve.png").stat().st_size > 1000
+    shifted = analysis.training_curve(
+        [str(tmp_path)], str(tmp_path / "log.png"), labels=["run"], logy=True, step_offsets=[100]
+    )
+    assert shifted == {"run": [(100, 9.0, 0.5), (105, 6.0, 3.0), (109, 7.0, 1.0)]}
+    with pytest.raises(ValueError, match="step offsets"):
+        analysis.training_curve([str(tmp_path)], str(tmp_path / "x.png"), step_offsets=[1, 2])
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         analysis.validation_history(str(tmp_path / "nothing"))
 
