@@ -229,7 +229,18 @@ class EnergyMemory(RecallMixin, keras.Model):
         ]
 
     def scale_write_rates(self, factors) -> None:
-        """Multiplies the write rates of each term in ``factors`` (``{"energy": 2.0, ...}``) by its factor."""
+        """Multiplies the write rates of each term in ``factors`` (``{"energy": 2.0, ...}``) by its factor.
+
+        A single number scales the two per-pattern terms (``"energy"`` and ``"gradient"``, each a mean over the
+        written patterns) and keeps the prior term's rate.
+        """
+        if isinstance(factors, (int, float, np.integer, np.floating)) and not isinstance(factors, bool):
+            factors = {"energy": float(factors), "gradient": float(factors)}
+        if not isinstance(factors, dict):
+            raise TypeError(
+                f"write-rate factors must be a number or a dict of term -> factor (terms {_WRITE_TERMS}), "
+                f"got {type(factors).__name__}: {factors!r}"
+            )
         unknown = set(factors) - set(_WRITE_TERMS)
         if unknown:
             raise ValueError(f"unknown write terms {sorted(unknown)}; expected some of {_WRITE_TERMS}")

@@ -15,9 +15,11 @@ so that the caller can refuse non-finite gradients before anything is applied.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import gin
@@ -75,6 +77,16 @@ class MetaLearner:
         choice, not a change of the model: e.g. ``(0, 0, 0, 0, 1)`` trains only for the last iterate, the one
         that the evaluation scores (B.4's equal weights let the large early-step errors dominate the gradient).
         The logged ``loss`` stays B.4's, so runs with different weights compare on one scale.
+      skip_spikes: if set (a factor > 1), a meta-gradient whose global norm (before clipping) exceeds this factor
+        times the median norm of the last ``spike_window`` applied steps is not applied: the step counter (and
+        with it the learning-rate schedule) still moves on, the parameters and optimiser moments do not. Clipping
+        bounds an update's size, not its direction, and Adam's moments keep a bad step's effect for many steps; a
+        one-episode spike (a read that diverged) is then dropped instead of followed. Active once 20 norms are
+        recorded (the record is not checkpointed: it refills after a resume). Default ``None``: every step applied.
+      spike_window: how many applied steps' norms the median is taken over.
+      max_skipped: with ``skip_spikes``, this many skipped steps in a row raise ``FloatingPointError`` (the
+        parameters have left the region where the median was measured; resume from a checkpoint with a lower
+        learning rate).
       nested_steps: trace each write and read step once as a nested ``tf.function`` instead of unrolling all
         of them into one graph (``EnergyMemory.nested_step_functions``): same maths, several times less time
         before the first step, same step time (docs/performance.md). Ignored with ``jit_compile``.
@@ -95,6 +107,9 @@ class MetaLearner:
         decay_steps=None,
         decay_to=0.1,
         step_weights=None,
+        skip_spikes=None,
+        spike_window=200,
+        max_skipped=20,
     ):
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
@@ -120,6 +135,15 @@ class MetaLearner:
             if min(weights) < 0 or not sum(weights) > 0:
                 raise ValueError(f"step_weights must be >= 0 with a positive sum, got {weights}")
             self.step_weights = weights
+        if skip_spikes is not None and not skip_spikes > 1:
+            raise ValueError(f"skip_spikes must be a factor > 1 or None, got {skip_spikes}")
+        if int(spike_window) < 20 or int(max_skipped) < 1:
+            raise ValueError(f"need spike_window >= 20 and max_skipped >= 1, got {spike_window}, {max_skipped}")
+        self.skip_spikes = None if skip_spikes is None else float(skip_spikes)
+        self.max_skipped = int(max_skipped)
+        self._norms = collections.deque(maxlen=int(spike_window))
+        self._skipped_in_a_row = 0
+        self.skipped_steps = 0
         rate_ids = set()
         if rate_learning_rate is not None:
             if not isinstance(memory, contract.LearnedRates):
@@ -147,6 +171,7 @@ class MetaLearner:
         # unroll), and converting its code adds seconds to every trace of the large meta-gradient graph.
         self._compute = tf.function(self._compute_impl, jit_compile=jit_compile, autograph=False)
         self._apply = tf.function(self._apply_impl)
+        self._skip = tf.function(self._skip_impl)
 
     @property
     def iterations(self):
@@ -190,6 +215,18 @@ class MetaLearner:
             self.rate_optimizer.apply_gradients([p for p, r in zip(pairs, self._is_rate) if r])
         return self.optimizer.iterations
 
+    def _skip_impl(self):
+        # the step counts (the schedule and the checkpoint numbers follow it); nothing else changes
+        self.optimizer.iterations.assign_add(1)
+        if self.rate_optimizer is not None:
+            self.rate_optimizer.iterations.assign_add(1)
+        return self.optimizer.iterations
+
+    def _is_spike(self, grad_norm):
+        if self.skip_spikes is None or len(self._norms) < 20:
+            return False
+        return grad_norm > self.skip_spikes * float(np.median(self._norms))
+
     # --------------------------------------------------------------- public
     def compute_gradients(self, episodes):
         """Averaged meta-gradients and metrics (``loss``, ``per_step``, ``grad_norm`` before clipping).
@@ -203,12 +240,33 @@ class MetaLearner:
         return self._apply(grads)
 
     def train_step(self, episodes):
-        """Computes and applies one meta-gradient step; raises ``FloatingPointError`` on NaN/Inf."""
+        """Computes and applies one meta-gradient step; raises ``FloatingPointError`` on NaN/Inf.
+
+        With ``skip_spikes``, a spike's step is counted but not applied; ``metrics["skipped"]`` says which.
+        """
         grads, metrics = self.compute_gradients(episodes)
         if not bool(tf.math.is_finite(metrics["loss"])) or not bool(tf.math.is_finite(metrics["grad_norm"])):
             raise FloatingPointError(
                 f"Non-finite meta-loss ({float(metrics['loss'])}) or gradient norm "
                 f"({float(metrics['grad_norm'])}) at step {int(self.iterations.numpy())}; nothing was applied."
             )
+        grad_norm = float(metrics["grad_norm"])
+        metrics = dict(metrics)
+        if self._is_spike(grad_norm):
+            self._skipped_in_a_row += 1
+            self.skipped_steps += 1
+            if self._skipped_in_a_row > self.max_skipped:
+                raise FloatingPointError(
+                    f"{self._skipped_in_a_row} meta-gradients in a row above {self.skip_spikes} x the median norm "
+                    f"{float(np.median(self._norms)):.4g} (last {grad_norm:.4g}) at step "
+                    f"{int(self.iterations.numpy())}: the training has left its stable region; resume from a "
+                    "checkpoint with a lower learning rate."
+                )
+            self._skip()
+            metrics["skipped"] = True
+            return metrics
+        self._skipped_in_a_row = 0
+        self._norms.append(grad_norm)
         self.apply_gradients(grads)
+        metrics["skipped"] = False
         return metrics

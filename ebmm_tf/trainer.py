@@ -110,7 +110,7 @@ class Experiment:
         0; the architecture must match. The optimiser starts fresh.
       init_write_rate_scale: with ``init_from``, multiply the loaded write rates of each term by a factor, as
         ``{"energy": 4.0, "gradient": 4.0}`` (a write step is a mean over the N patterns, so moving from N to 4N
-        patterns at the same per-pattern step takes 4x the rates).
+        patterns at the same per-pattern step takes 4x the rates); a single number scales the energy and gradient terms.
       memory_from_data: at the start of a run (step 0), set the starting memory ``theta_bar`` from training
         patterns through the energy's ``starting_memory`` (``SlotEnergy``: one slot per pattern); with
         ``EnergyMemory.learn_theta_bar = False`` it then stays there.
@@ -667,6 +667,16 @@ class Experiment:
             "grad_norm": float(m["grad_norm"]),
             "per_step": [float(v) for v in m["per_step"].numpy()],
         }
+        if m.get("skipped"):
+            record["skipped"] = True
+            logger.warning(
+                "step %d: meta-gradient norm %.4g is a spike (MetaLearner.skip_spikes = %s x the recent median); "
+                "not applied (%d skipped so far).",
+                step,
+                record["grad_norm"],
+                self.learner.skip_spikes,
+                self.learner.skipped_steps,
+            )
         self._log_metrics(record)
         return step, record
 

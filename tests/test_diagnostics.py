@@ -161,6 +161,12 @@ def test_balanced_write_rates_make_each_first_step_the_set_fraction_of_each_laye
     np.testing.assert_allclose(after[..., 1:], before[..., 1:], rtol=1e-6)
     with pytest.raises(ValueError, match="unknown write terms"):
         mem.scale_write_rates({"enrgy": 2.0})
+    mem.scale_write_rates(2.0)  # a number: both per-pattern terms, the prior's rate kept
+    scaled = mem.write_rates().numpy()
+    np.testing.assert_allclose(scaled[..., :2], 2.0 * after[..., :2], rtol=1e-6)
+    np.testing.assert_allclose(scaled[..., 2], after[..., 2], rtol=1e-6)
+    with pytest.raises(TypeError, match="a number or a dict"):
+        mem.scale_write_rates([2.0, 2.0])
 
 
 # ---------------------------------------------------------------------------------------------------- splits

@@ -521,3 +521,51 @@ def test_bad_step_weights_are_refused(weights, match):
     mem = ebmm_tf.EnergyMemory(tiny_rnn(), write_steps=1, read_steps=3)
     with pytest.raises(ValueError, match=match):
         ebmm_tf.MetaLearner(mem, step_weights=weights)
+
+
+def test_skip_spikes_counts_a_spike_step_without_applying_it_and_stops_after_too_many():
+    keras.utils.set_random_seed(4)
+    mem = ebmm_tf.EnergyMemory(
+        tiny_rnn(), write_steps=1, read_steps=2, data_range=(-1.0, 1.0), write_rate_init=0.1, dtype="float64"
+    )
+    ep = {k: tf.constant(v) for k, v in episode((6,), 4, data_range=(-1.0, 1.0), seed=1, clamp=True).items()}
+    learner = ebmm_tf.MetaLearner(mem, learning_rate=1e-3, skip_spikes=10.0, spike_window=20, max_skipped=2)
+    real = learner.compute_gradients
+    scale = {"factor": 1.0}
+
+    def scaled(episodes):  # the real meta-gradient, optionally blown up: a spike
+        grads, metrics = real(episodes)
+        metrics = dict(metrics, grad_norm=metrics["grad_norm"] * scale["factor"])
+        return [g * scale["factor"] for g in grads], metrics
+
+    learner.compute_gradients = scaled
+    for _ in range(20):  # fills the record of norms; every one applied
+        assert learner.train_step(ep)["skipped"] is False
+    before = [v.numpy().copy() for v in mem.trainable_variables]
+    moments = [v.numpy().copy() for v in learner.optimizer.variables]
+    step = int(learner.iterations.numpy())
+    scale["factor"] = 1e4
+    assert learner.train_step(ep)["skipped"] is True
+    assert int(learner.iterations.numpy()) == step + 1  # counted (the schedule moves on) ...
+    for b, v in zip(before, mem.trainable_variables):  # ... but not applied
+        np.testing.assert_array_equal(b, v.numpy())
+    after = [v.numpy() for v in learner.optimizer.variables]
+    assert len(after) == len(moments)
+    for m, a in zip(moments[1:], after[1:]):  # Adam's moments untouched (variables[0] is the step counter)
+        np.testing.assert_array_equal(m, a)
+    scale["factor"] = 1.0
+    assert learner.train_step(ep)["skipped"] is False  # a normal step is applied again
+    assert not np.array_equal(before[0], mem.trainable_variables[0].numpy())
+    scale["factor"] = 1e4
+    learner.train_step(ep)
+    learner.train_step(ep)
+    with pytest.raises(FloatingPointError, match="3 meta-gradients in a row"):
+        learner.train_step(ep)
+    assert learner.skipped_steps == 4
+
+
+@pytest.mark.parametrize("kwargs, match", [({"skip_spikes": 1.0}, "factor > 1"), ({"spike_window": 5}, "spike_window")])
+def test_bad_spike_settings_are_refused(kwargs, match):
+    mem = ebmm_tf.EnergyMemory(tiny_rnn(), write_steps=1, read_steps=2)
+    with pytest.raises(ValueError, match=match):
+        ebmm_tf.MetaLearner(mem, **kwargs)
