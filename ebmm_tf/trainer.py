@@ -600,7 +600,8 @@ class Experiment:
         self._truncate_metrics_log()
         step = self.restored_step
         start_time = time.time()
-        first_validation = self._validate_and_select(0, select=False) if step == 0 and self.validation_every else None
+        # the start competes for best/ too: a run whose training only makes it worse keeps its start
+        first_validation = self._validate_and_select(0, advance=False) if step == 0 and self.validation_every else None
         last_validation = first_validation
         stop_signal = []
 
@@ -699,19 +700,10 @@ class Experiment:
         if self.log_every and step % self.log_every == 0:
             logger.info("step %d: meta-loss %.4f, grad norm %.3f", step, loss, record["grad_norm"])
 
-    def _validate_and_select(self, step, select=True):
-        """Validates, logs the result; with ``select`` keeps the best model and moves the curriculum on."""
+    def _validate_and_select(self, step, advance=True):
+        """Validates, logs the result, keeps the best model; with ``advance`` moves the curriculum on."""
         result = self.validate(step)
         self._log_metrics({"step": step, "validation": result})
-        if not select:
-            logger.info(
-                "step %d: validation %s error %.3f (query %.3f)",
-                step,
-                result["metric"],
-                result["mean"],
-                result["query_mean"],
-            )
-            return result
         self._maybe_save_best(step, result)
         logger.info(
             "step %d: validation %s error %.3f [p5 %.3f, p95 %.3f] (query %.3f, N = %d); %s",
@@ -724,7 +716,8 @@ class Experiment:
             result["N"],
             diagnostics.describe(result, result["metric"]),
         )
-        self._maybe_advance(step, result)
+        if advance:
+            self._maybe_advance(step, result)
         return result
 
     def _maybe_checkpoint(self, step):

@@ -75,6 +75,24 @@ def test_bindings_land_where_they_should(tmp_path):
     assert "Experiment.num_patterns = 32" in operative and "GatedRNNEnergy.hidden_size = 256" in operative
 
 
+def test_the_start_competes_for_best_so_a_run_that_only_gets_worse_keeps_it(tmp_path):
+    run_lib.parse_gin([SMOKE], ["Experiment.num_steps = 4", "Experiment.validation_every = 2"])
+    exp = trainer.Experiment(workdir=str(tmp_path / "run"))
+    real = exp.validate
+    key = exp._select_key
+
+    def worse_with_every_step(step):  # the measured validation, made worse by 100 per step
+        result = dict(real(step))
+        result[key] = result[key] + 100.0 * step
+        return result
+
+    exp.validate = worse_with_every_step
+    summary = exp.run()
+    assert summary["best"]["step"] == 0
+    saved = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
+    assert saved["step"] == 0 and (tmp_path / "run" / "best" / "memory.keras").exists()
+
+
 def _cli(workdir, *params, timeout=600):
     cmd = [sys.executable, "-m", "ebmm_tf.train", f"--gin_file={SMOKE}", f"--workdir={workdir}"]
     cmd += [f"--gin_param={p}" for p in params]
