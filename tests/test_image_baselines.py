@@ -288,6 +288,24 @@ def test_dip_evaluation_record_replays_image_by_image():
         np.testing.assert_allclose(record["query_errors"][i], float(np.asarray(q)[0]), rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "name, source, shape, fill",
+    [
+        ("imagenet64_dip_cpu.gin", "imagenet64", (64, 64, 3), "uniform"),
+        ("cifar10_dip_cpu.gin", "cifar10", (32, 32, 3), "uniform"),
+        ("omniglot_dip_cpu.gin", "omniglot", (32, 32, 1), "random"),
+    ],
+)
+def test_every_dip_gin_file_parses_strictly_into_its_protocol(name, source, shape, fill):
+    gin.clear_config()
+    run_lib.parse_gin([os.path.join(ROOT, "gin", "baselines", name)], [])
+    task = run_lib.config_from_gin().task
+    dip = DeepImagePrior(pattern_shape=task.pattern_shape, data_range=task.data_range)
+    gin.clear_config()
+    assert task.source == source and tuple(task.pattern_shape) == shape
+    assert task.distortion.fill == fill and dip.steps == 2000 and dip.generator.levels == 4
+
+
 # ====================================================================== Dynamic Kanerva Machine
 def test_dkm_posterior_update_is_the_closed_form_bayesian_least_squares():
     rng = np.random.default_rng(0)
