@@ -107,7 +107,8 @@ class Experiment:
         ``@DenoisingAutoEncoder`` or ``@MemoryNetwork`` of ``ebmm_tf.baselines``, are meta-trained the same way.
       init_from: path of a saved ``memory.keras`` (e.g. another run's ``best/memory.keras``) whose weights start
         this run (a warm start, e.g. from a memory trained at a smaller N). Used only when the run starts at step
-        0; the architecture must match. The optimiser starts fresh.
+        0; the architecture must match. The optimiser starts fresh. The validation before the first step then
+        competes for ``best/`` (as with ``memory_from_data``), so a run that only gets worse keeps its start.
       init_write_rate_scale: with ``init_from``, multiply the loaded write rates of each term by a factor, as
         ``{"energy": 4.0, "gradient": 4.0}`` (a write step is a mean over the N patterns, so moving from N to 4N
         patterns at the same per-pattern step takes 4x the rates); a single number scales the energy and gradient terms.
@@ -227,6 +228,8 @@ class Experiment:
             raise ValueError("Experiment.memory_from_data and Experiment.init_from both set theta_bar: use one")
 
         self._build_model(strategy, energy, model)
+        # a start worth keeping (a warm start, a memory drawn from data) competes for best/; a random one does not
+        self.start_competes = init_from is not None or bool(memory_from_data)
         self._restore(keep_checkpoints, init_from, init_write_rate_scale)
         self._prepare_data(balance_write_rates, memory_from_data)
         self._open_writers()
@@ -600,8 +603,10 @@ class Experiment:
         self._truncate_metrics_log()
         step = self.restored_step
         start_time = time.time()
-        # the start competes for best/ too: a run whose training only makes it worse keeps its start
-        first_validation = self._validate_and_select(0, advance=False) if step == 0 and self.validation_every else None
+        first_validation = None
+        if step == 0 and self.validation_every:
+            # a warm start competes for best/: a run whose training only makes it worse keeps its start
+            first_validation = self._validate_and_select(0, select=self.start_competes, advance=False)
         last_validation = first_validation
         stop_signal = []
 
@@ -700,11 +705,12 @@ class Experiment:
         if self.log_every and step % self.log_every == 0:
             logger.info("step %d: meta-loss %.4f, grad norm %.3f", step, loss, record["grad_norm"])
 
-    def _validate_and_select(self, step, advance=True):
-        """Validates, logs the result, keeps the best model; with ``advance`` moves the curriculum on."""
+    def _validate_and_select(self, step, select=True, advance=True):
+        """Validates, logs the result; with ``select`` keeps the best model, with ``advance`` moves the curriculum."""
         result = self.validate(step)
         self._log_metrics({"step": step, "validation": result})
-        self._maybe_save_best(step, result)
+        if select:
+            self._maybe_save_best(step, result)
         logger.info(
             "step %d: validation %s error %.3f [p5 %.3f, p95 %.3f] (query %.3f, N = %d); %s",
             step,

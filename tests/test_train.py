@@ -75,22 +75,28 @@ def test_bindings_land_where_they_should(tmp_path):
     assert "Experiment.num_patterns = 32" in operative and "GatedRNNEnergy.hidden_size = 256" in operative
 
 
-def test_the_start_competes_for_best_so_a_run_that_only_gets_worse_keeps_it(tmp_path):
-    run_lib.parse_gin([SMOKE], ["Experiment.num_steps = 4", "Experiment.validation_every = 2"])
-    exp = trainer.Experiment(workdir=str(tmp_path / "run"))
-    real = exp.validate
-    key = exp._select_key
+def test_a_warm_start_competes_for_best_so_a_run_that_only_gets_worse_keeps_it(tmp_path):
+    def run(name, *params):
+        gin.clear_config()
+        run_lib.parse_gin([SMOKE], ["Experiment.num_steps = 4", "Experiment.validation_every = 2", *params])
+        exp = trainer.Experiment(workdir=str(tmp_path / name))
+        real = exp.validate
+        key = exp._select_key
 
-    def worse_with_every_step(step):  # the measured validation, made worse by 100 per step
-        result = dict(real(step))
-        result[key] = result[key] + 100.0 * step
-        return result
+        def worse_with_every_step(step):  # the measured validation, made worse by 100 per step
+            result = dict(real(step))
+            result[key] = result[key] + 100.0 * step
+            return result
 
-    exp.validate = worse_with_every_step
-    summary = exp.run()
-    assert summary["best"]["step"] == 0
-    saved = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
-    assert saved["step"] == 0 and (tmp_path / "run" / "best" / "memory.keras").exists()
+        exp.validate = worse_with_every_step
+        summary = exp.run()
+        saved = json.loads((tmp_path / name / "best" / "metrics.json").read_text())
+        assert saved["step"] == summary["best"]["step"]
+        return summary["best"]["step"]
+
+    assert run("scratch") == 2  # a random start is not a candidate
+    start = str(tmp_path / "scratch" / "latest" / "memory.keras")
+    assert run("warm", f"Experiment.init_from = '{start}'") == 0  # a warm start is, and here it stays the best
 
 
 def _cli(workdir, *params, timeout=600):
