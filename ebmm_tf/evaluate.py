@@ -423,7 +423,12 @@ def _define_flags():
         "workdir",
         None,
         "workdir of python -m ebmm_tf.train, or a SavedModel exported from one (e.g. export/pretrained/NAME/1)",
-        required=True,
+    )
+    flags.DEFINE_multi_string(
+        "gin_file",
+        [],
+        "instead of --workdir: the gin file of a model fitted per test image, not meta-trained (Deep Image Prior, "
+        "gin/baselines/*_dip_cpu.gin); --num_batches then counts images and --output_prefix is a path prefix",
     )
     flags.DEFINE_integer("num_batches", 1000, "test episodes (paper: 1000 random batches)")
     flags.DEFINE_multi_string("gin_param", [], "protocol overrides, e.g. 'BlockNoise.size = 20' (repeatable)")
@@ -453,6 +458,13 @@ def main(argv):
     from ebmm_tf.cli import set_threads
 
     set_threads(FLAGS.intra_op_threads)
+    if bool(FLAGS.workdir) == bool(FLAGS.gin_file):
+        raise app.UsageError(
+            "give exactly one of --workdir (a trained run or an export) and --gin_file (a per-image model)"
+        )
+    if FLAGS.gin_file:
+        _evaluate_per_image_model(FLAGS)
+        return
     r = evaluate(
         FLAGS.workdir,
         num_batches=FLAGS.num_batches,
@@ -472,6 +484,34 @@ def main(argv):
     print(f"Wrote {_output_path(r['workdir'], FLAGS.output_prefix, '.json')}", flush=True)
     if not math.isfinite(r["mean"]):
         sys.exit(1)
+
+
+def _evaluate_per_image_model(FLAGS):
+    """``--gin_file``: a model that fits each test image on its own (Deep Image Prior), no workdir."""
+    from absl import app
+
+    import gin
+    from ebmm_tf import run as run_lib
+    from ebmm_tf.baselines import deep_image_prior
+
+    run_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    if "DeepImagePrior." not in gin.config_str():
+        raise app.UsageError(
+            f"--gin_file {FLAGS.gin_file} configures no per-image model (DeepImagePrior); "
+            "a meta-trained model is evaluated from its --workdir"
+        )
+    output = FLAGS.output_prefix
+    record = deep_image_prior.evaluate_and_write(
+        FLAGS.num_batches,
+        output,
+        split=FLAGS.split,
+        seed=FLAGS.seed,
+        data_dir=FLAGS.data_dir,
+        progress=FLAGS.progress,
+        command=" ".join(["python -m ebmm_tf.evaluate"] + sys.argv[1:]),
+    )
+    print(deep_image_prior.markdown(record), flush=True)
+    print(f"Wrote {output}.json", flush=True)
 
 
 if __name__ == "__main__":

@@ -476,6 +476,18 @@ def test_the_two_clis_run_from_a_fresh_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.load(open(out + ".json"))
     assert record["num_images"] == 1 and os.path.exists(out + ".md")
+    # the evaluation CLI takes the same gin file instead of a workdir: the same fit, the same numbers
+    via_evaluate = str(tmp_path / "dip_eval")
+    cmd = (
+        [sys.executable, "-m", "ebmm_tf.evaluate"] + cmd[3:-3] + ["--num_batches=1", f"--output_prefix={via_evaluate}"]
+    )
+    proc = subprocess.run(cmd + ["--noprogress"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.load(open(via_evaluate + ".json"))
+    assert again["errors"] == record["errors"] and again["query_errors"] == record["query_errors"]
+    assert again["command"].startswith("python -m ebmm_tf.evaluate --gin_file=")
+    both = subprocess.run(cmd + ["--workdir=/tmp"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert both.returncode != 0 and "exactly one of --workdir" in both.stderr, both.stderr[-2000:]
     proc = subprocess.run(
         [sys.executable, "-m", "ebmm_tf.baselines.tune_vae", "--workdir=/nonexistent", "--intra_op_threads=1"],
         capture_output=True,

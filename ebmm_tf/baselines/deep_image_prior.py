@@ -33,6 +33,7 @@ Paper numbers (Table 2, ImageNet 64x64, squared error): 25% block noise 170.36, 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -286,6 +287,23 @@ def evaluate_dip(num_images=20, split="test", seed=None, data_dir=None, progress
         "hardware": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "tensorflow": tf.__version__,
     }
+
+
+def evaluate_and_write(num_images, output, split="test", seed=None, data_dir=None, progress=True, command=None):
+    """``evaluate_dip`` under the parsed gin configuration, written to ``<output>.json`` and ``<output>.md``.
+
+    The route of both CLIs (``python -m ebmm_tf.evaluate --gin_file=...`` and ``python -m
+    ebmm_tf.baselines.run_dip``). Returns the record.
+    """
+    record = evaluate_dip(num_images, split, seed, data_dir, progress)
+    if command is not None:
+        record["command"] = command
+    os.makedirs(os.path.dirname(os.path.abspath(output)) or ".", exist_ok=True)
+    with open(output + ".json", "w") as f:
+        json.dump(record, f, indent=1)
+    with open(output + ".md", "w") as f:
+        f.write(markdown(record))
+    return record
 
 
 def markdown(r):

@@ -8,8 +8,6 @@ Writes ``<output>.json`` (every image's error, the query's, fit loss and time, t
 twice (the gin file imports it by name), and gin refuses a configurable registered twice.
 """
 
-import json
-import os
 import sys
 
 from absl import app, flags
@@ -38,13 +36,15 @@ def main(argv):
     from ebmm_tf.baselines import deep_image_prior
 
     run_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-    record = deep_image_prior.evaluate_dip(FLAGS.num_images, FLAGS.split, FLAGS.seed, FLAGS.data_dir, FLAGS.progress)
-    record["command"] = " ".join(sys.argv)
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)) or ".", exist_ok=True)
-    with open(FLAGS.output + ".json", "w") as f:
-        json.dump(record, f, indent=1)
-    with open(FLAGS.output + ".md", "w") as f:
-        f.write(deep_image_prior.markdown(record))
+    record = deep_image_prior.evaluate_and_write(
+        FLAGS.num_images,
+        FLAGS.output,
+        split=FLAGS.split,
+        seed=FLAGS.seed,
+        data_dir=FLAGS.data_dir,
+        progress=FLAGS.progress,
+        command=" ".join(["python -m ebmm_tf.baselines.run_dip"] + sys.argv[1:]),
+    )
     print(deep_image_prior.markdown(record), flush=True)
 
 
