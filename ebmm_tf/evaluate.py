@@ -488,30 +488,19 @@ def main(argv):
 
 def _evaluate_per_image_model(FLAGS):
     """``--gin_file``: a model that fits each test image on its own (Deep Image Prior), no workdir."""
-    from absl import app
-
-    import gin
-    from ebmm_tf import run as run_lib
     from ebmm_tf.baselines import deep_image_prior
 
-    run_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-    if "DeepImagePrior." not in gin.config_str():
-        raise app.UsageError(
-            f"--gin_file {FLAGS.gin_file} configures no per-image model (DeepImagePrior); "
-            "a meta-trained model is evaluated from its --workdir"
-        )
-    output = FLAGS.output_prefix
-    record = deep_image_prior.evaluate_and_write(
+    deep_image_prior.evaluate_and_write(
+        FLAGS.gin_file,
+        FLAGS.gin_param,
         FLAGS.num_batches,
-        output,
+        FLAGS.output_prefix,
         split=FLAGS.split,
         seed=FLAGS.seed,
         data_dir=FLAGS.data_dir,
         progress=FLAGS.progress,
         command=" ".join(["python -m ebmm_tf.evaluate"] + sys.argv[1:]),
     )
-    print(deep_image_prior.markdown(record), flush=True)
-    print(f"Wrote {output}.json", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ def meta_loss(memory: EnergyMemory, episode, first_order=None, seed=None):
     return loss, {"per_step": per_step, "iterates": iterates, "state": state}
 
 
+_MIN_NORMS = 20  # skip_spikes: norms recorded before the guard acts (and the smallest spike_window)
+
+
 @gin.configurable(module="ebmm_tf.meta")
 class MetaLearner:
     """The meta-training step of EBMM for one ``EnergyMemory``.
@@ -84,7 +87,7 @@ class MetaLearner:
         one-episode spike (a read that diverged) is then dropped instead of followed. Active once 20 norms are
         recorded (the record is not checkpointed: it refills after a resume). Default ``None``: every step applied.
       spike_window: how many applied steps' norms the median is taken over.
-      max_skipped: with ``skip_spikes``, this many skipped steps in a row raise ``FloatingPointError`` (the
+      max_skipped: with ``skip_spikes``, more skipped steps in a row than this raise ``FloatingPointError`` (the
         parameters have left the region where the median was measured; resume from a checkpoint with a lower
         learning rate).
       nested_steps: trace each write and read step once as a nested ``tf.function`` instead of unrolling all
@@ -137,8 +140,10 @@ class MetaLearner:
             self.step_weights = weights
         if skip_spikes is not None and not skip_spikes > 1:
             raise ValueError(f"skip_spikes must be a factor > 1 or None, got {skip_spikes}")
-        if int(spike_window) < 20 or int(max_skipped) < 1:
-            raise ValueError(f"need spike_window >= 20 and max_skipped >= 1, got {spike_window}, {max_skipped}")
+        if int(spike_window) < _MIN_NORMS or int(max_skipped) < 1:
+            raise ValueError(
+                f"need spike_window >= {_MIN_NORMS} and max_skipped >= 1, got {spike_window}, {max_skipped}"
+            )
         self.skip_spikes = None if skip_spikes is None else float(skip_spikes)
         self.max_skipped = int(max_skipped)
         self._norms = collections.deque(maxlen=int(spike_window))
@@ -223,7 +228,7 @@ class MetaLearner:
         return self.optimizer.iterations
 
     def _is_spike(self, grad_norm):
-        if self.skip_spikes is None or len(self._norms) < 20:
+        if self.skip_spikes is None or len(self._norms) < _MIN_NORMS:
             return False
         return grad_norm > self.skip_spikes * float(np.median(self._norms))
 

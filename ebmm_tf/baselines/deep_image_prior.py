@@ -289,12 +289,22 @@ def evaluate_dip(num_images=20, split="test", seed=None, data_dir=None, progress
     }
 
 
-def evaluate_and_write(num_images, output, split="test", seed=None, data_dir=None, progress=True, command=None):
-    """``evaluate_dip`` under the parsed gin configuration, written to ``<output>.json`` and ``<output>.md``.
+def evaluate_and_write(
+    gin_files, gin_params, num_images, output, split="test", seed=None, data_dir=None, progress=True, command=None
+):
+    """The route of both CLIs (``python -m ebmm_tf.evaluate --gin_file=...``, ``python -m ebmm_tf.baselines.run_dip``).
 
-    The route of both CLIs (``python -m ebmm_tf.evaluate --gin_file=...`` and ``python -m
-    ebmm_tf.baselines.run_dip``). Returns the record.
+    Parses the gin files (which must configure ``DeepImagePrior``), runs ``evaluate_dip``, writes
+    ``<output>.json`` and ``<output>.md`` and prints the markdown. Returns the record.
     """
+    from ebmm_tf import run as run_lib
+
+    run_lib.parse_gin(gin_files, gin_params)
+    if "DeepImagePrior." not in gin.config_str():
+        raise ValueError(
+            f"{list(gin_files)} configure no per-image model (DeepImagePrior); a meta-trained model is evaluated "
+            "from its --workdir"
+        )
     record = evaluate_dip(num_images, split, seed, data_dir, progress)
     if command is not None:
         record["command"] = command
@@ -303,6 +313,8 @@ def evaluate_and_write(num_images, output, split="test", seed=None, data_dir=Non
         json.dump(record, f, indent=1)
     with open(output + ".md", "w") as f:
         f.write(markdown(record))
+    print(markdown(record), flush=True)
+    print(f"Wrote {output}.json", flush=True)
     return record
 
 

@@ -32,11 +32,11 @@ def main(argv):
     from ebmm_tf.cli import set_threads
 
     set_threads(FLAGS.intra_op_threads)
-    from ebmm_tf import run as run_lib
     from ebmm_tf.baselines import deep_image_prior
 
-    run_lib.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-    record = deep_image_prior.evaluate_and_write(
+    deep_image_prior.evaluate_and_write(
+        FLAGS.gin_file,
+        FLAGS.gin_param,
         FLAGS.num_images,
         FLAGS.output,
         split=FLAGS.split,
@@ -45,7 +45,6 @@ def main(argv):
         progress=FLAGS.progress,
         command=" ".join(["python -m ebmm_tf.baselines.run_dip"] + sys.argv[1:]),
     )
-    print(deep_image_prior.markdown(record), flush=True)
 
 
 if __name__ == "__main__":
