@@ -7,12 +7,15 @@ The last line of stdout is ``BENCH_RESULT <json>``. Job kinds:
   (``tf.config.run_functions_eagerly``), optionally ``first_order`` / ``recompute``. Reports the trace time
   (Python tracing of the meta-gradient graph), the first step (trace excluded: graph optimisation, XLA
   compilation, first run), ``steps`` timed steps (compute + clip + AdamW update, as ``MetaLearner.train_step``),
-  FLOPs counted on the traced graph, the matmul peak before and after, and the process' peak RSS.
+  FLOPs counted on the traced graph, the matmul peak before and after, the process' peak RSS, and the minor page
+  faults and system / user CPU seconds of a timed step (medians, ``step_faults``, ``step_sys_s``, ``step_user_s``).
 * ``export``: builds a gin experiment's model and exports it with ``ebmm_tf.export.export_memory``.
 * ``serve``: loads a SavedModel with ``tf.saved_model.load`` and times its ``write`` and ``recall`` signatures.
 * ``peak``: the matmul peak alone.
 
-Every kind accepts ``threads`` (``[inter_op, intra_op]``) and ``grappler`` (a dict for
+Every kind accepts ``allocator`` (``"pooled"``, the CLIs' TensorFlow CPU allocator and the default, or ``"system"``,
+TensorFlow's own default; ``ebmm_tf.cli.use_pooled_allocator``), ``threads`` (``[inter_op, intra_op]``) and
+``grappler`` (a dict for
 ``tf.config.optimizer.set_experimental_options``, e.g. ``{"disable_meta_optimizer": true}``). A ``train`` variant
 may carry its own ``grappler`` dict: it is in force for every call of that variant's step (the first call, which
 optimises the graph, and the timed ones), so variants with different graph-optimiser passes are timed interleaved in
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -33,6 +37,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from ebmm_tf import cli  # noqa: E402
 
 
 def _summary(times):
@@ -173,6 +178,7 @@ def run_train(job):
     prepared = [_prepare(v, *b) for v, b in zip(variants, built)]
     rounds = int(job.get("rounds", job.get("steps", 3)))
     times = [[] for _ in variants]
+    usage = [[] for _ in variants]  # per step: (minor page faults, system CPU s, user CPU s)
     step_peaks = [0.0 for _ in variants]
     step_base = [float("inf") for _ in variants]
     sampler = RssSampler()
@@ -185,17 +191,25 @@ def run_train(job):
                 v = variants[i]
                 with _eager(v.get("mode") == "eager"), _grappler(v.get("job_grappler"), v.get("variant_grappler")):
                     step_base[i] = min(step_base[i], sampler.reset())
+                    u = resource.getrusage(resource.RUSAGE_SELF)
                     t = time.perf_counter()
                     learner.train_step(episode)
                     times[i].append(time.perf_counter() - t)
+                    w = resource.getrusage(resource.RUSAGE_SELF)
+                    usage[i].append((w.ru_minflt - u.ru_minflt, w.ru_stime - u.ru_stime, w.ru_utime - u.ru_utime))
                     step_peaks[i] = max(step_peaks[i], sampler.peak)
     finally:
         sampler.close()
     peak_after = _peak(job)
     peak = max(peak_before["best_gflops"], peak_after["best_gflops"])
     results = []
-    for v, (_, _, out), ts, sp, sb in zip(variants, prepared, times, step_peaks, step_base):
+    for v, (_, _, out), ts, us, sp, sb in zip(variants, prepared, times, usage, step_peaks, step_base):
         out["step"] = _summary(ts)
+        if us:  # process-wide counts over each timed step (the RSS sampler's thread adds next to nothing)
+            faults, sys_s, user_s = (float(np.median(c)) for c in zip(*us))
+            out["step_faults"] = faults
+            out["step_sys_s"] = sys_s
+            out["step_user_s"] = user_s
         out["step_peak_rss_mb"] = sp
         out["step_rss_increase_mb"] = sp - sb
         median = out["step"]["median_s"]
@@ -279,6 +293,12 @@ def run_serve(job):
 def main(argv):
     job = json.loads(argv[1])
     kind = job.get("kind", "train")
+    # TensorFlow's CPU allocator, as the CLIs set it (ebmm_tf.cli.use_pooled_allocator): "pooled" (default) or
+    # "system" (TensorFlow's own default); read by TensorFlow at the first op, which has not run yet
+    allocator = job.get("allocator", "pooled")
+    if allocator not in ("pooled", "system"):
+        raise ValueError(f"unknown allocator {allocator!r}: 'pooled' or 'system'")
+    os.environ[cli.ALLOCATOR_ENV] = "true" if allocator == "pooled" else "false"
     runners = {"train": run_train, "export": run_export, "serve": run_serve, "peak": lambda job: _peak(job)}
     if job.get("threads"):
         inter, intra = job["threads"]
@@ -291,6 +311,9 @@ def main(argv):
     result = runners[kind](job)
     result["wall_s"] = time.perf_counter() - t
     result["job"] = job
+    result["allocator"] = allocator
+    for variant in result.get("variants", ()):
+        variant["allocator"] = allocator
     if job.get("grappler"):
         result["grappler"] = tf.config.optimizer.get_experimental_options()
     print("BENCH_RESULT " + json.dumps(result), flush=True)

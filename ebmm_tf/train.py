@@ -56,7 +56,7 @@ def main(argv):
     if cache:
         logging.getLogger("ebmm_tf").info("XLA compilation cache: %s", cache)
 
-    from ebmm_tf.cli import set_threads
+    from ebmm_tf.cli import ALLOCATOR_ENV, allocator_in_force, set_threads
 
     set_threads(FLAGS.intra_op_threads, max(FLAGS.inter_op_threads, 0))
     if FLAGS.num_cpu_devices:
@@ -64,6 +64,12 @@ def main(argv):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices
         )
+    logging.getLogger("ebmm_tf").info(
+        "TensorFlow CPU allocator: %s (%s=%s)",
+        allocator_in_force(),
+        ALLOCATOR_ENV,
+        os.environ.get(ALLOCATOR_ENV, "unset"),
+    )
     from ebmm_tf import run as run_lib
     from ebmm_tf import trainer
 

@@ -40,6 +40,7 @@ def test_smoke_benchmark_runs_and_writes_valid_json(tmp_path):
     for r in train:
         assert "error" not in r, r
         assert r["step"]["median_s"] > 0 and r["rss_peak_mb"] > 0 and r["peak_gflops"] > 0
+        assert r["allocator"] == "pooled" and r["step_faults"] >= 0 and r["step_user_s"] > 0
     function = next(r for r in train if r["job"]["mode"] == "function")
     assert function["flops"] > 0 and function["trace_s"] > 0 and 0 < function["peak_fraction"]
     assert report["ratios"]["modes:smoke/binary_strings"]["function_speedup_over_eager"] > 0

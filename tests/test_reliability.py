@@ -193,3 +193,44 @@ def test_guarded_keeps_the_traceback_of_a_bug(monkeypatch):
 
     with pytest.raises(KeyError):
         cli.guarded(main, "tool")()
+
+
+# ------------------------------------------------------------------------------------- CPU allocator of the CLIs
+def test_use_pooled_allocator_sets_the_default_and_leaves_an_explicit_choice():
+    env = {}
+    assert cli.use_pooled_allocator(env) and env == {cli.ALLOCATOR_ENV: "true"}
+    env = {cli.ALLOCATOR_ENV: "false"}
+    assert not cli.use_pooled_allocator(env) and env == {cli.ALLOCATOR_ENV: "false"}
+
+
+_FAULTS_PER_CALL = """
+import resource
+import ebmm_tf  # TensorFlow is imported, no op has run: the order of the CLIs
+from ebmm_tf import cli
+import tensorflow as tf
+print("pooled" if cli.use_pooled_allocator() else "system")
+f = tf.function(lambda x: tf.reduce_sum(tf.tile(x, [64, 1]) * 2.0))  # a 100 MB buffer per call
+x = tf.ones([1, 400_000])
+f(x)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    f(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-fault counts of glibc's allocator")
+def test_the_pooled_allocator_stops_the_page_faults_of_large_buffers_and_false_restores_them():
+    def run(**extra):
+        env = {k: v for k, v in ENV.items() if k != cli.ALLOCATOR_ENV} | extra
+        proc = subprocess.run(
+            [sys.executable, "-c", _FAULTS_PER_CALL], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        kind, faults = proc.stdout.split()[-2:]
+        return kind, float(faults)
+
+    kind, faults = run()
+    assert kind == "pooled" and faults < 100  # the 100 MB buffer is reused: ~0 faults
+    kind, faults = run(**{cli.ALLOCATOR_ENV: "false"})
+    assert kind == "system" and faults > 5_000  # handed back and faulted in again: ~25,000 4 KB pages per call

@@ -121,6 +121,7 @@ def test_cli_smoke_run_leaves_checkpoint_tensorboard_and_config(tmp_path):
     assert (run / "best" / "memory.keras").exists() and (run / "latest" / "memory.keras").exists()
     assert sorted(_losses(run)) == list(range(1, 13))
     assert "Validation hamming error at step 0" in out.stdout and "tensorboard --logdir" in out.stdout
+    assert "TensorFlow CPU allocator: pooled" in out.stderr  # the CLI's default (ebmm_tf.cli.use_pooled_allocator)
 
 
 def test_sigkill_mid_run_then_restart_resumes_with_identical_losses(tmp_path):
