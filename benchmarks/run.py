@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import time
 from benchmarks import common
 
 HEADLINE = "omniglot_conv"  # paper-scale Omniglot conv memory: N = 64, T = K = 5
-SECTIONS = ("train", "modes", "scaling", "memory", "serving")
+SECTIONS = ("train", "modes", "scaling", "memory", "allocator", "serving")
 
 
 # ---------------------------------------------------------------------------------------------------- plans
@@ -68,6 +69,17 @@ def _scaling(config, axis, values, rounds, **kw):
     return _group(config, variants, rounds, f"scaling:{config}:{axis}", **kw)
 
 
+def _allocator(config, rounds, pairs=2, **kw):
+    """TensorFlow's system CPU allocator against the CLIs' pooled one (``ebmm_tf.cli.use_pooled_allocator``), each
+    in its own fresh process (the allocator is chosen once per process), alternating, ``pairs`` times."""
+    jobs = []
+    for i in range(pairs):
+        for name in ("system", "pooled") if i % 2 == 0 else ("pooled", "system"):
+            variant = {"label": f"{name}#{i}", "mode": "function"}
+            jobs.append(_group(config, [variant], rounds, f"allocator:{config}", allocator=name, **kw))
+    return jobs
+
+
 def _serving(repeats):
     return [
         {"kind": "export", "config": HEADLINE, "group": "serving"},
@@ -79,7 +91,10 @@ def plan(level, xla_paper=True, memory_config="omniglot_conv_cpu"):
     """``{section: [job, ...]}`` for ``level`` in smoke / quick / full."""
     if level == "smoke":
         small = {"peak_size": 512, "peak_repeats": 2}
-        return {"modes": [_modes("smoke/binary_strings", [FUNCTION, EAGER], 5, **small)]}
+        return {
+            "modes": [_modes("smoke/binary_strings", [FUNCTION, EAGER], 5, **small)],
+            "allocator": _allocator("smoke/binary_strings", 3, pairs=1, **small),
+        }
     if level == "quick":
         return {
             # the configs a meta-step is compared on from one run to the next (docs/performance.md), each alone in
@@ -121,6 +136,8 @@ def plan(level, xla_paper=True, memory_config="omniglot_conv_cpu"):
         "train": [_single(c, 2) for c in cpu_single]
         + [_single(c, 1) for c in paper]
         + [_single(HEADLINE, 2), _single(HEADLINE, 2, FIRST_ORDER), _single("omniglot_conv_cpu", 2)],
+        # the three configs of the quick run's comparison, system vs pooled allocator, two fresh pairs each
+        "allocator": [job for c in (HEADLINE, "omniglot_conv_cpu", "binary_strings") for job in _allocator(c, 3)],
         "scaling": [
             _scaling("omniglot_conv_cpu", "N", (16, 32, 64), 2),
             _scaling("binary_strings_cpu", "T=K", (1, 3, 5), 3),
@@ -217,6 +234,33 @@ def derive(results):
                         "recompute": rc["step_rss_increase_mb"],
                     },
                 }
+        elif group.startswith("allocator:"):
+            by_name = {}
+            for r in rows:
+                by_name.setdefault(r["allocator"], []).append(r)
+            if set(by_name) != {"system", "pooled"}:
+                continue
+
+            def med(name, key, by_name=by_name):
+                values = [key(r) for r in by_name[name] if key(r) is not None]
+                return float(statistics.median(values)) if values else None
+
+            entry = {}
+            for name in ("system", "pooled"):
+                entry[name] = {
+                    "step_median_s": med(name, lambda r: r["step"]["median_s"]),
+                    "step_faults": med(name, lambda r: r.get("step_faults")),
+                    "step_sys_s": med(name, lambda r: r.get("step_sys_s")),
+                    "first_step_s": med(name, lambda r: r.get("first_step_s")),
+                    "rss_peak_mb": med(name, lambda r: r.get("rss_peak_mb")),
+                }
+            entry["pooled_over_system_step"] = _ratio(
+                entry["pooled"]["step_median_s"], entry["system"]["step_median_s"]
+            )
+            entry["pooled_over_system_peak_rss"] = _ratio(
+                entry["pooled"]["rss_peak_mb"], entry["system"]["rss_peak_mb"]
+            )
+            ratios[group] = entry
         elif group.startswith("scaling:"):
             rows = sorted(rows, key=lambda r: r["job"]["scale_value"])
             first = rows[0]
@@ -310,6 +354,15 @@ def ratio_lines(ratios):
                 f"{group[7:]} recompute: step memory {inc['recompute']:.0f} MB vs {inc['function']:.0f} MB "
                 f"({entry['recompute_step_rss_increase_ratio']:.2f}x), step time "
                 f"{entry['recompute_step_time_ratio']:.2f}x"
+            )
+        elif group.startswith("allocator:"):
+            sy, po = entry["system"], entry["pooled"]
+            lines.append(
+                f"{group[10:]} allocator: pooled step {po['step_median_s']:.3f} s vs system "
+                f"{sy['step_median_s']:.3f} s "
+                f"({entry['pooled_over_system_step']:.2f}x), page faults per step {_f(po['step_faults'], '{:.0f}')} vs "
+                f"{_f(sy['step_faults'], '{:.0f}')}, system CPU per step {_f(po['step_sys_s'], '{:.3f}')} vs "
+                f"{_f(sy['step_sys_s'], '{:.3f}')} s, peak RSS {po['rss_peak_mb']:.0f} vs {sy['rss_peak_mb']:.0f} MB"
             )
         elif group.startswith("scaling:"):
             lines.append(
