@@ -4,6 +4,7 @@ r"""Runs the benchmarks, prints tables and writes JSON.
     python -m benchmarks.run --quick            # headline numbers in a few minutes (`make bench`)
     python -m benchmarks.run --smoke            # tiny models, < 60 s: checks that the harness works
     python -m benchmarks.run --quick --output=bench.json --only=train,serving
+    python -m benchmarks.run --only=allocator       # TensorFlow's system vs pooled CPU allocator, fresh processes
 
 Every measured configuration runs in a fresh subprocess (``benchmarks.worker``): peak RSS is per
 configuration, and every worker times a large matmul around its own measurement, so GFLOP/s are reported as a
