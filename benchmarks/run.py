@@ -359,11 +359,12 @@ def ratio_lines(ratios):
         elif group.startswith("allocator:"):
             sy, po = entry["system"], entry["pooled"]
             lines.append(
-                f"{group[10:]} allocator: pooled step {po['step_median_s']:.3f} s vs system "
-                f"{sy['step_median_s']:.3f} s "
-                f"({entry['pooled_over_system_step']:.2f}x), page faults per step {_f(po['step_faults'], '{:.0f}')} vs "
+                f"{group[10:]} allocator: pooled step {_f(po['step_median_s'], '{:.3f}')} s vs system "
+                f"{_f(sy['step_median_s'], '{:.3f}')} s "
+                f"({_f(entry['pooled_over_system_step'])}x), page faults per step {_f(po['step_faults'], '{:.0f}')} vs "
                 f"{_f(sy['step_faults'], '{:.0f}')}, system CPU per step {_f(po['step_sys_s'], '{:.3f}')} vs "
-                f"{_f(sy['step_sys_s'], '{:.3f}')} s, peak RSS {po['rss_peak_mb']:.0f} vs {sy['rss_peak_mb']:.0f} MB"
+                f"{_f(sy['step_sys_s'], '{:.3f}')} s, peak RSS {_f(po['rss_peak_mb'], '{:.0f}')} vs "
+                f"{_f(sy['rss_peak_mb'], '{:.0f}')} MB"
             )
         elif group.startswith("scaling:"):
             lines.append(

@@ -32,9 +32,9 @@ def use_pooled_allocator(environ=None) -> bool:
 
     TensorFlow's default CPU allocator hands each large buffer back to the C library when it is freed, which
     returns it to the kernel; the next step's buffers then come back one 4 KB page fault at a time (a meta-step
-    of ``binary_strings_cpu`` at N = 32 faulted ~15,700 pages, ``omniglot_conv_cpu`` ~45,000, and spent 0.07 s
-    and 0.48 s of system time on it). ``TF_CPU_ALLOCATOR_USE_BFC=true`` switches to TensorFlow's best-fit pool
-    (the one it uses on GPUs), which keeps its memory: no faults after the first step. Measured effect:
+    of ``binary_strings_cpu`` at N = 32 faulted ~15,700 pages, ``omniglot_conv_cpu`` 15,000-65,000).
+    ``TF_CPU_ALLOCATOR_USE_BFC=true`` switches to TensorFlow's best-fit pool (the one it uses on GPUs),
+    which keeps its memory: about 1,000 faults per step or fewer. Measured effect:
     docs/performance.md, "Page faults". An explicit value in the environment wins (``=false`` restores the
     default). TensorFlow reads the variable when it creates its CPU allocator, at the first op: call this before.
     """
